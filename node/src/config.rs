@@ -1,0 +1,281 @@
+//! Configuration: `apiary.toml`, then `APIARY_*` environment, then command-line flags.
+//! Every key has a default, so a node runs with no file at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Where a config file is looked for when neither `--config` nor `APIARY_CONFIG` names one.
+pub const SYSTEM_CONFIG: &str = "/etc/apiary/apiary.toml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub meadow: MeadowConfig,
+    pub bees: BeesConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// A friendly name shown in status; defaults to the host name.
+    pub name: Option<String>,
+    /// Node-local state: node id, scratch dirs, caches, and the default local meadow.
+    pub state_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            state_dir: PathBuf::from("apiary-data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeadowConfig {
+    /// `file:///dir` or a bare path, `s3://bucket/prefix`, `memory://`.
+    /// Defaults to `<state_dir>/meadow`.
+    pub uri: Option<String>,
+    /// Store options (S3: `endpoint`, `region`, `access_key_id`, `secret_access_key`,
+    /// `allow_http`, `conditional_put`, ...). `AWS_*` variables fill in what is not set.
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BeesConfig {
+    /// Worker slots; defaults to the number of CPU cores.
+    pub count: Option<usize>,
+    /// Memory budget of one bee, e.g. `"64MiB"`; defaults to usable memory / bees.
+    pub memory_per_bee: Option<ByteSize>,
+    /// Share of the machine's (or cgroup's) memory the node may use.
+    pub usable_fraction: f64,
+}
+
+impl Default for BeesConfig {
+    fn default() -> Self {
+        BeesConfig {
+            count: None,
+            memory_per_bee: None,
+            usable_fraction: 0.7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `apiary=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "warn,apiary=info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A size in bytes written as `64MiB`, `1GiB`, `512MB`, `4096`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let bad = || Error::invalid(format!("bad size {s:?}: write it like 64MiB, 1GiB or 4096"));
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            _ => return Err(bad()),
+        };
+        if !n.is_finite() || n < 0.0 {
+            return Err(bad());
+        }
+        Ok(ByteSize((n * mult as f64) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Config {
+    /// Read the file named by `path`, else by `APIARY_CONFIG`, else `/etc/apiary/apiary.toml`
+    /// when it exists, else start from defaults; then apply `APIARY_*` variables.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let env_path = std::env::var_os("APIARY_CONFIG").map(PathBuf::from);
+        let explicit = path.map(Path::to_path_buf).or(env_path);
+        let mut config = match explicit {
+            Some(p) => Self::from_file(&p)?,
+            None if Path::new(SYSTEM_CONFIG).exists() => Self::from_file(Path::new(SYSTEM_CONFIG))?,
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| e.context(format!("config {}", path.display())))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::invalid(e.to_string().trim_end().to_string()))
+    }
+
+    /// Environment overrides. `get` is the environment (a parameter so tests need not touch
+    /// the process environment).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("APIARY_STORAGE") {
+            self.meadow.uri = Some(v);
+        }
+        if let Some(v) = get("APIARY_STATE_DIR") {
+            self.node.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("APIARY_NODE_NAME") {
+            self.node.name = Some(v);
+        }
+        if let Some(v) = get("APIARY_BEES") {
+            let n: usize = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::invalid(format!("APIARY_BEES={v:?}: need a whole number ≥ 1"))
+            })?;
+            self.bees.count = Some(n);
+        }
+        if let Some(v) = get("APIARY_MEMORY_PER_BEE") {
+            self.bees.memory_per_bee = Some(
+                v.parse()
+                    .map_err(|e: Error| e.context("APIARY_MEMORY_PER_BEE"))?,
+            );
+        }
+        if let Some(v) = get("APIARY_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "APIARY_LOG_FORMAT={v:?}: use pretty or json"
+                    )));
+                }
+            };
+        }
+        if let Some(v) = get("APIARY_LOG") {
+            self.log.level = v;
+        }
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.bees.usable_fraction > 0.0 && self.bees.usable_fraction <= 1.0) {
+            return Err(Error::invalid(format!(
+                "bees.usable_fraction = {}: must be in (0, 1]",
+                self.bees.usable_fraction
+            )));
+        }
+        if self.bees.count == Some(0) {
+            return Err(Error::invalid("bees.count = 0: need at least one bee"));
+        }
+        Ok(())
+    }
+
+    /// The meadow URI: configured, or a local directory under the state dir.
+    pub fn meadow_uri(&self) -> String {
+        self.meadow
+            .uri
+            .clone()
+            .unwrap_or_else(|| self.node.state_dir.join("meadow").display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));
+        assert_eq!("1 GiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 30));
+        assert_eq!("4096".parse::<ByteSize>().unwrap(), ByteSize(4096));
+        assert_eq!("1.5kib".parse::<ByteSize>().unwrap(), ByteSize(1536));
+        for bad in ["", "MiB", "12 parsecs", "-3MiB"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn toml_and_env_layer() {
+        let mut c = Config::from_toml(
+            r#"
+            [meadow]
+            uri = "s3://b/p"
+            options = { endpoint = "http://127.0.0.1:9000" }
+            [bees]
+            count = 2
+            memory_per_bee = "64MiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.bees.memory_per_bee, Some(ByteSize(64 << 20)));
+        c.apply_env(|k| (k == "APIARY_BEES").then(|| "3".to_string()))
+            .unwrap();
+        assert_eq!(c.bees.count, Some(3));
+        assert_eq!(c.meadow_uri(), "s3://b/p");
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let e = Config::from_toml("[meadow]\nurl = \"x\"").unwrap_err();
+        assert!(e.message.contains("unknown field `url`"), "{e}");
+        let e = Config::from_toml("[bees]\nmemory_per_bee = \"lots\"").unwrap_err();
+        assert!(e.message.contains("bad size"), "{e}");
+        let mut c = Config::default();
+        let e = c
+            .apply_env(|k| (k == "APIARY_BEES").then(|| "zero".into()))
+            .unwrap_err();
+        assert!(e.message.contains("APIARY_BEES"), "{e}");
+    }
+}

@@ -1,0 +1,158 @@
+//! One error type for the whole node. Its kinds are the ones users see (and the Python
+//! exception classes): each message says what failed and where.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    Conflict,
+    Unsupported,
+    InvalidInput,
+    Busy,
+    Timeout,
+    Storage,
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// For `Busy`: how long the caller should wait before trying again.
+    pub retry_after_ms: Option<u64>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, m)
+    }
+    pub fn already_exists(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AlreadyExists, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, m)
+    }
+    pub fn unsupported(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, m)
+    }
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, m)
+    }
+    pub fn storage(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Storage, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, m)
+    }
+    pub fn busy(m: impl Into<String>, retry_after_ms: u64) -> Self {
+        Error {
+            retry_after_ms: Some(retry_after_ms),
+            ..Self::new(ErrorKind::Busy, m)
+        }
+    }
+
+    /// Prefix the message with where the error happened.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.retry_after_ms {
+            Some(ms) => write!(f, "{} (retry after {ms} ms)", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        use datafusion::error::DataFusionError as D;
+        // Our own errors travel through DataFusion wrapped as External: unwrap them back.
+        let root = e.find_root();
+        if let D::External(inner) = root
+            && let Some(ours) = inner.downcast_ref::<Error>()
+        {
+            return ours.clone();
+        }
+        let kind = match root {
+            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
+                ErrorKind::InvalidInput
+            }
+            D::ArrowError(..) | D::Execution(_) => ErrorKind::InvalidInput,
+            D::ResourcesExhausted(_) => ErrorKind::Busy,
+            D::ObjectStore(_) | D::IoError(_) => ErrorKind::Storage,
+            _ => ErrorKind::Internal,
+        };
+        Error::new(kind, e.strip_backtrace())
+    }
+}
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(e: Error) -> Self {
+        datafusion::error::DataFusionError::External(Box::new(e))
+    }
+}
+
+impl From<deltalake::DeltaTableError> for Error {
+    fn from(e: deltalake::DeltaTableError) -> Self {
+        use deltalake::DeltaTableError as D;
+        match e {
+            D::Arrow { source } => Error::invalid(source.to_string()),
+            D::ObjectStore { source } => source.into(),
+            D::InvalidVersion(v) => Error::not_found(format!("frame version {v} does not exist")),
+            D::Transaction { source } => Error::conflict(format!("commit failed: {source}")),
+            D::NotATable(p) => Error::not_found(format!("no frame data at {p}")),
+            other => Error::storage(other.to_string()),
+        }
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        use object_store::Error as O;
+        match &e {
+            O::NotFound { path, .. } => Error::not_found(format!("object not found: {path}")),
+            O::AlreadyExists { path, .. } => {
+                Error::already_exists(format!("object already exists: {path}"))
+            }
+            O::Precondition { path, .. } => {
+                Error::conflict(format!("object changed concurrently: {path}"))
+            }
+            _ => Error::storage(e.to_string()),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::invalid(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::storage(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::invalid(format!("bad JSON: {e}"))
+    }
+}

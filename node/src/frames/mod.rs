@@ -1,0 +1,421 @@
+//! Frames: tables stored as Delta Lake tables at `<root>/<hive>/<box>/<frame>/`. The Delta
+//! protocol gives append, atomic overwrite, per-cell statistics, checkpoints and time travel;
+//! Apiary decides the cell size (leafcutter sizing), the Parquet properties and how incoming
+//! data is cast to the frame's schema.
+
+pub mod registry;
+pub mod types;
+
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use url::Url;
+
+pub use registry::{Column, FrameDef, Registry};
+
+use crate::error::{Error, Result};
+use crate::meadow::Meadow;
+
+/// Delta writes a checkpoint every this many commits, so a reader replays at most this many
+/// JSON log entries.
+pub const CHECKPOINT_INTERVAL: u64 = 100;
+/// How often a losing committer re-reads and retries before giving up. Appends never conflict,
+/// so this only bounds contention (8 writers on one frame need a handful each).
+const COMMIT_RETRIES: usize = 200;
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Delta version of the commit (unchanged when nothing was written).
+    pub version: i64,
+    pub cells_written: u64,
+    pub rows_written: u64,
+    pub bytes_written: u64,
+    pub duration_ms: u64,
+}
+
+/// Figures of a frame at a version.
+#[derive(Debug, Clone)]
+pub struct FrameInfo {
+    pub def: FrameDef,
+    pub version: i64,
+    pub cell_count: u64,
+    pub row_count: u64,
+    pub total_bytes: u64,
+}
+
+/// Exactly-once marker for a write: Delta's `txn` action. A writer that crashed after
+/// committing finds `version` recorded for `app_id` and skips the replay.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub app_id: String,
+    pub version: i64,
+}
+
+/// A frame opened at a version: its definition and its Delta table.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub def: FrameDef,
+    pub table: DeltaTable,
+}
+
+impl Frame {
+    pub fn version(&self) -> i64 {
+        self.table.version().map(|v| v as i64).unwrap_or(-1)
+    }
+
+    pub fn arrow_schema(&self) -> Result<SchemaRef> {
+        arrow_schema(&self.def)
+    }
+
+    pub fn info(&self) -> Result<FrameInfo> {
+        let (mut cells, mut rows, mut bytes) = (0u64, 0u64, 0u64);
+        for f in self.table.snapshot()?.log_data().iter() {
+            cells += 1;
+            rows += f.num_records().unwrap_or(0) as u64;
+            bytes += f.size().max(0) as u64;
+        }
+        Ok(FrameInfo {
+            def: self.def.clone(),
+            version: self.version(),
+            cell_count: cells,
+            row_count: rows,
+            total_bytes: bytes,
+        })
+    }
+}
+
+/// The Arrow schema a frame stores (every column nullable; partition columns are checked
+/// for nulls on write).
+pub fn arrow_schema(def: &FrameDef) -> Result<SchemaRef> {
+    let fields = def
+        .columns
+        .iter()
+        .map(|c| Ok(Field::new(&c.name, types::arrow_type(&c.type_name)?, true)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+#[derive(Debug, Clone)]
+pub struct Frames {
+    meadow: Meadow,
+    registry: Registry,
+    cell_target_bytes: u64,
+}
+
+impl Frames {
+    /// `cell_target_bytes` comes from leafcutter sizing (see `bees::target_cell_size`).
+    pub fn new(meadow: Meadow, cell_target_bytes: u64) -> Self {
+        Frames {
+            registry: Registry::new(meadow.clone()),
+            meadow,
+            cell_target_bytes,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn meadow(&self) -> &Meadow {
+        &self.meadow
+    }
+
+    pub fn cell_target_bytes(&self) -> u64 {
+        self.cell_target_bytes
+    }
+
+    fn table_url(&self, h: &str, b: &str, f: &str) -> Url {
+        self.meadow.dir_url(&[h, b, f])
+    }
+
+    fn builder(&self, url: Url) -> Result<DeltaTableBuilder> {
+        Ok(
+            DeltaTableBuilder::from_url(url.clone())?
+                .with_storage_backend(self.meadow.store(), url),
+        )
+    }
+
+    /// Create a frame: registry entry first (the race-safe step), then its Delta table.
+    /// `Ok(false)` when an identical frame already existed.
+    pub async fn create_frame(&self, def: &FrameDef) -> Result<bool> {
+        let created = self.registry.create_frame(def).await?;
+        let url = self.table_url(&def.hive, &def.box_name, &def.name);
+        let mut table = self.builder(url)?.build()?;
+        let exists = table.verify_deltatable_existence().await?;
+        if exists {
+            table.load().await?;
+        }
+        if exists && !created {
+            return Ok(false); // a racing creator (or an earlier call) made the table
+        }
+        // A table left by a dropped frame of the same name is replaced: its cells are removed
+        // in the new table's first commit (and left for vacuum).
+        let mode = if exists {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::ErrorIfExists
+        };
+        let schema = arrow_schema(def)?;
+        let mut builder = table
+            .create()
+            .with_table_name(&def.name)
+            .with_save_mode(mode)
+            .with_partition_columns(def.partition_by.clone())
+            .with_configuration_property(
+                TableProperty::CheckpointInterval,
+                Some(CHECKPOINT_INTERVAL.to_string()),
+            );
+        for field in schema.fields() {
+            let kernel_type = field
+                .data_type()
+                .try_into_kernel()
+                .map_err(|e| Error::internal(format!("column {}: {e}", field.name())))?;
+            builder = builder.with_column(field.name(), kernel_type, true, None);
+        }
+        match builder.await {
+            Ok(_) => Ok(created),
+            // Lost the race to create version 0 to a process creating the same frame.
+            Err(DeltaTableError::VersionAlreadyExists(_)) => Ok(created),
+            Err(DeltaTableError::Transaction { source })
+                if source.to_string().contains("already exists") =>
+            {
+                Ok(created)
+            }
+            Err(e) => Err(Error::from(e).context(format!("creating frame {}", def.full_name()))),
+        }
+    }
+
+    /// Open a frame at its latest version, or at `version` (time travel).
+    pub async fn open(&self, h: &str, b: &str, f: &str, version: Option<i64>) -> Result<Frame> {
+        let def = self.registry.frame(h, b, f).await?;
+        let mut builder = self.builder(self.table_url(h, b, f))?;
+        if let Some(v) = version {
+            if v < 0 {
+                return Err(Error::invalid(format!(
+                    "frame version must be ≥ 0, got {v}"
+                )));
+            }
+            builder = builder.with_version(v as u64);
+        }
+        let table = builder.load().await.map_err(|e| match (e, version) {
+            (DeltaTableError::InvalidVersion(_), Some(v)) => {
+                Error::not_found(format!("frame {h}.{b}.{f} has no version {v}"))
+            }
+            (e, _) => Error::from(e).context(format!("opening frame {h}.{b}.{f}")),
+        })?;
+        Ok(Frame { def, table })
+    }
+
+    pub async fn info(&self, h: &str, b: &str, f: &str) -> Result<FrameInfo> {
+        self.open(h, b, f, None).await?.info()
+    }
+
+    /// Append rows. Data is cast to the frame's schema first: a bad value, an unknown column or
+    /// a null partition value fails the call and nothing is committed.
+    pub async fn append(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        batches: Vec<RecordBatch>,
+        txn: Option<Txn>,
+    ) -> Result<WriteReport> {
+        self.write(h, b, f, batches, SaveMode::Append, txn).await
+    }
+
+    /// Replace all rows in one commit: readers see the old rows or the new, never a mix.
+    pub async fn overwrite(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<WriteReport> {
+        self.write(h, b, f, batches, SaveMode::Overwrite, None)
+            .await
+    }
+
+    async fn write(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        batches: Vec<RecordBatch>,
+        mode: SaveMode,
+        txn: Option<Txn>,
+    ) -> Result<WriteReport> {
+        let started = Instant::now();
+        let frame = self.open(h, b, f, None).await?;
+        let full = frame.def.full_name();
+        let schema = frame.arrow_schema()?;
+        let mut conformed = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            let batch = conform(&frame.def, &schema, batch)
+                .map_err(|e| e.context(format!("cannot write to {full}")))?;
+            if batch.num_rows() > 0 {
+                conformed.push(batch);
+            }
+        }
+        let rows: u64 = conformed.iter().map(|b| b.num_rows() as u64).sum();
+        if conformed.is_empty() {
+            if mode == SaveMode::Append {
+                return Ok(WriteReport {
+                    version: frame.version(),
+                    cells_written: 0,
+                    rows_written: 0,
+                    bytes_written: 0,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            conformed.push(RecordBatch::new_empty(schema.clone()));
+        }
+        let mut commit = CommitProperties::default().with_max_retries(COMMIT_RETRIES);
+        if let Some(t) = txn {
+            commit = commit.with_application_transaction(Transaction::new(t.app_id, t.version));
+        }
+        let table = frame
+            .table
+            .write(conformed)
+            .with_save_mode(mode)
+            .with_writer_properties(writer_properties())
+            .with_target_file_size(NonZeroU64::new(self.cell_target_bytes))
+            .with_commit_properties(commit)
+            .await
+            .map_err(|e| Error::from(e).context(format!("writing to {full}")))?;
+        let version = table.version().unwrap_or(0);
+        let (cells, bytes) = added_cells(&table, version).await?;
+        Ok(WriteReport {
+            version: version as i64,
+            cells_written: cells,
+            rows_written: rows,
+            bytes_written: bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The version recorded for an exactly-once `app_id`, if any.
+    pub async fn txn_version(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        app_id: &str,
+    ) -> Result<Option<i64>> {
+        let frame = self.open(h, b, f, None).await?;
+        Ok(frame
+            .table
+            .snapshot()?
+            .transaction_version(frame.table.log_store().as_ref(), app_id)
+            .await?)
+    }
+
+    /// Remove a frame from the listing. Its cells stay in the meadow until vacuumed.
+    pub async fn drop_frame(&self, h: &str, b: &str, f: &str) -> Result<()> {
+        self.registry.drop_frame(h, b, f).await.map(|_| ())
+    }
+}
+
+/// Parquet cells: LZ4 (raw) compression and page-level statistics for pruning.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+/// Cells and bytes added by the commit at `version` (read from its log entry).
+async fn added_cells(table: &DeltaTable, version: u64) -> Result<(u64, u64)> {
+    let Some(entry) = table.log_store().read_commit_entry(version).await? else {
+        return Ok((0, 0));
+    };
+    let (mut cells, mut bytes) = (0, 0);
+    for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let action: serde_json::Value = serde_json::from_slice(line)?;
+        if let Some(add) = action.get("add") {
+            cells += 1;
+            bytes += add.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
+        }
+    }
+    Ok((cells, bytes))
+}
+
+/// Cast a batch to the frame's schema, by column name. Columns the batch lacks are null;
+/// columns the frame lacks are an error; values that do not fit the type are an error.
+pub fn conform(def: &FrameDef, schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    let input = batch.schema();
+    for field in input.fields() {
+        if schema.field_with_name(field.name()).is_err() {
+            let names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
+            return Err(Error::invalid(format!(
+                "unknown column {}; the frame's columns are: {}",
+                field.name(),
+                names.join(", ")
+            )));
+        }
+    }
+    let opts = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (field, col) in schema.fields().iter().zip(&def.columns) {
+        let array = match input.index_of(field.name()) {
+            Ok(i) => {
+                let src = batch.column(i);
+                let cast = cast_with_options(src, field.data_type(), &opts).map_err(|e| {
+                    Error::invalid(format!(
+                        "column {} ({} to {}): {e}",
+                        field.name(),
+                        src.data_type(),
+                        col.type_name
+                    ))
+                })?;
+                check_unsigned(&col.name, &col.type_name, &cast)?;
+                cast
+            }
+            Err(_) => new_null_array(field.data_type(), batch.num_rows()),
+        };
+        if def.is_partition(field.name()) && array.null_count() > 0 {
+            return Err(Error::invalid(format!(
+                "null partition value in column {}: partition columns need a value in every row",
+                field.name()
+            )));
+        }
+        columns.push(array);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Unsigned columns live in wider signed types; keep their values in the unsigned range.
+fn check_unsigned(name: &str, type_name: &str, array: &ArrayRef) -> Result<()> {
+    let max: i64 = match types::canonical(type_name)? {
+        "uint8" => u8::MAX as i64,
+        "uint16" => u16::MAX as i64,
+        "uint32" => u32::MAX as i64,
+        "uint64" => i64::MAX,
+        _ => return Ok(()),
+    };
+    let as_i64 = cast_with_options(array, &DataType::Int64, &CastOptions::default())?;
+    let values = as_i64
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("cast to Int64 gives Int64Array");
+    if let Some(bad) = values.iter().flatten().find(|v| *v < 0 || *v > max) {
+        return Err(Error::invalid(format!(
+            "column {name}: value {bad} is out of range for {type_name}"
+        )));
+    }
+    Ok(())
+}

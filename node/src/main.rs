@@ -1,0 +1,428 @@
+//! `apiary`: the node daemon and the command line.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arrow::array::RecordBatch;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use apiary::config::{Config, LogFormat};
+use apiary::error::{Error, Result};
+use apiary::frames::{Column, FrameDef};
+use apiary::input::{self, InputFormat};
+use apiary::sql::QueryResult;
+use apiary::{Apiary, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "apiary",
+    version,
+    about = "Apiary: a lakehouse for small computers"
+)]
+struct Cli {
+    /// Meadow (storage) URI: a directory, file:///dir, s3://bucket/prefix or memory://
+    /// [env: APIARY_STORAGE]
+    #[arg(long, global = true)]
+    storage: Option<String>,
+    /// Config file [env: APIARY_CONFIG; default /etc/apiary/apiary.toml when present]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Node state directory (node id, scratch, default local meadow) [env: APIARY_STATE_DIR]
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Log format [env: APIARY_LOG_FORMAT]
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or apiary=debug [env: APIARY_LOG]
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node until SIGINT or SIGTERM
+    Node,
+    /// Run SQL (several ;-separated statements run in order; USE carries over)
+    Sql {
+        query: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Interactive SQL shell (\q to quit)
+    Shell,
+    /// Hives (databases)
+    #[command(subcommand, alias = "database")]
+    Hive(HiveCmd),
+    /// Boxes (schemas)
+    #[command(subcommand, name = "box", alias = "schema")]
+    Box_(BoxCmd),
+    /// Frames (tables)
+    #[command(subcommand, alias = "table")]
+    Frame(FrameCmd),
+    /// Write a CSV (with header), JSON lines or Parquet file (or - for stdin) into a frame
+    Write {
+        /// hive.box.frame
+        frame: String,
+        file: String,
+        /// Input format (default: from the file name, or sniffed for stdin)
+        #[arg(long, value_enum)]
+        format: Option<InputFormat>,
+    },
+    /// Node status
+    Status,
+}
+
+#[derive(Subcommand)]
+enum HiveCmd {
+    Create { name: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum BoxCmd {
+    /// Create hive.box
+    Create { name: String },
+    /// List the boxes of a hive
+    List { hive: String },
+}
+
+#[derive(Subcommand)]
+enum FrameCmd {
+    /// Create hive.box.frame
+    Create {
+        name: String,
+        /// Columns as name:type,... e.g. 'id:int64,temp:float64,ts:timestamp'
+        #[arg(long)]
+        schema: String,
+        /// Partition columns, comma-separated
+        #[arg(long)]
+        partition_by: Option<String>,
+    },
+    /// List the frames of hive.box
+    List { hive_box: String },
+    /// Columns and figures of hive.box.frame
+    Describe { name: String },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+    Arrow,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    telemetry::init(config.log.format, &config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&Error::internal(format!("cannot start the runtime: {e}"))),
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &Error) -> ExitCode {
+    let msg = e.to_string().replace('\n', " ");
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(s) = &cli.storage {
+        config.meadow.uri = Some(s.clone());
+    }
+    if let Some(d) = &cli.state_dir {
+        config.node.state_dir = d.clone();
+    }
+    if let Some(f) = cli.log_format {
+        config.log.format = f;
+    }
+    if let Some(l) = &cli.log {
+        config.log.level = l.clone();
+    }
+    Ok(config)
+}
+
+async fn run(command: Command, config: Config) -> Result<()> {
+    let apiary = Apiary::open(config).await?;
+    let registry = apiary.frames().registry();
+    match command {
+        Command::Node => run_node(&apiary).await,
+        Command::Sql { query, format } => {
+            let mut session = apiary.session();
+            for result in session.run_script(&query).await? {
+                print_result(&result, format)?;
+            }
+            Ok(())
+        }
+        Command::Shell => shell(&apiary).await,
+        Command::Hive(HiveCmd::Create { name }) => registry.create_hive(&name).await.map(|_| ()),
+        Command::Hive(HiveCmd::List) => print_lines(registry.list_hives().await?),
+        Command::Box_(BoxCmd::Create { name }) => {
+            let [h, b] = split_name::<2>(&name, "hive.box")?;
+            registry.create_box(&h, &b).await.map(|_| ())
+        }
+        Command::Box_(BoxCmd::List { hive }) => print_lines(registry.list_boxes(&hive).await?),
+        Command::Frame(FrameCmd::Create {
+            name,
+            schema,
+            partition_by,
+        }) => {
+            let [h, b, f] = split_name::<3>(&name, "hive.box.frame")?;
+            let columns = parse_schema_arg(&schema)?;
+            let partition_by = partition_by
+                .map(|p| p.split(',').map(|s| s.trim().to_string()).collect())
+                .unwrap_or_default();
+            let def = FrameDef::new(&h, &b, &f, columns, partition_by)?;
+            apiary.frames().create_frame(&def).await.map(|_| ())
+        }
+        Command::Frame(FrameCmd::List { hive_box }) => {
+            let [h, b] = split_name::<2>(&hive_box, "hive.box")?;
+            print_lines(registry.list_frames(&h, &b).await?)
+        }
+        Command::Frame(FrameCmd::Describe { name }) => {
+            let result = apiary
+                .session()
+                .run(&format!("DESCRIBE {}", quote_name(&name)?))
+                .await?;
+            print_result(&result, Format::Table)
+        }
+        Command::Write {
+            frame,
+            file,
+            format,
+        } => write_file(&apiary, &frame, &file, format).await,
+        Command::Status => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&apiary.status()).map_err(Error::from)?
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run_node(apiary: &Apiary) -> Result<()> {
+    let status = apiary.status();
+    tracing::info!(
+        name = %status.name,
+        storage = %status.storage_uri,
+        bees = status.bees,
+        memory_per_bee_mb = status.memory_per_bee_mb,
+        "apiary node ready"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    Ok(())
+}
+
+fn split_name<const N: usize>(name: &str, shape: &str) -> Result<[String; N]> {
+    let parts: Vec<String> = name.split('.').map(str::to_string).collect();
+    parts
+        .try_into()
+        .map_err(|_| Error::invalid(format!("bad name {name:?}: expected {shape}")))
+}
+
+/// `a.b.c` → `"a"."b"."c"` so names keep their case in generated SQL.
+fn quote_name(name: &str) -> Result<String> {
+    let [h, b, f] = split_name::<3>(name, "hive.box.frame")?;
+    Ok(format!("\"{h}\".\"{b}\".\"{f}\""))
+}
+
+fn parse_schema_arg(schema: &str) -> Result<Vec<Column>> {
+    schema
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|item| {
+            let (name, ty) = item.split_once(':').ok_or_else(|| {
+                Error::invalid(format!("bad column {item:?} in --schema: write name:type"))
+            })?;
+            Ok(Column {
+                name: name.trim().to_string(),
+                type_name: ty.trim().to_string(),
+            })
+        })
+        .collect()
+}
+
+async fn write_file(
+    apiary: &Apiary,
+    frame: &str,
+    file: &str,
+    format: Option<InputFormat>,
+) -> Result<()> {
+    let [h, b, f] = split_name::<3>(frame, "hive.box.frame")?;
+    let schema =
+        apiary::frames::arrow_schema(&apiary.frames().registry().frame(&h, &b, &f).await?)?;
+    let (reader, format): (Box<dyn Read + Send>, InputFormat) = if file == "-" {
+        let mut data = Vec::new();
+        std::io::stdin().read_to_end(&mut data)?;
+        let format = format.unwrap_or_else(|| InputFormat::sniff(&data));
+        (Box::new(std::io::Cursor::new(data)), format)
+    } else {
+        let handle = std::fs::File::open(file)
+            .map_err(|e| Error::invalid(format!("cannot open {file}: {e}")))?;
+        let format = format
+            .or_else(|| InputFormat::from_path(file))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "cannot tell the format of {file}: pass --format csv|jsonl|parquet"
+                ))
+            })?;
+        let size = handle.metadata()?.len();
+        let reader: Box<dyn Read + Send> = if std::io::stderr().is_terminal() && size > 16 << 20 {
+            let bar = indicatif::ProgressBar::new(size).with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta}")
+                    .expect("static template"),
+            );
+            Box::new(bar.wrap_read(handle))
+        } else {
+            Box::new(handle)
+        };
+        (reader, format)
+    };
+    let batches = tokio::task::spawn_blocking(move || input::read_batches(reader, format, schema))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(|e| e.context(format!("reading {file}")))?;
+    let report = apiary.frames().append(&h, &b, &f, batches, None).await?;
+    eprintln!(
+        "wrote {} rows in {} cells ({} bytes) to {frame}, version {}",
+        report.rows_written, report.cells_written, report.bytes_written, report.version
+    );
+    Ok(())
+}
+
+fn print_lines(lines: Vec<String>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        writeln!(out, "{l}")?;
+    }
+    Ok(())
+}
+
+fn print_result(result: &QueryResult, format: Format) -> Result<()> {
+    if result.schema.fields().is_empty() {
+        return Ok(()); // a statement with no result set (DDL, USE)
+    }
+    let mut out = std::io::stdout().lock();
+    let empty;
+    let batches: &[RecordBatch] = if result.batches.is_empty() {
+        empty = [RecordBatch::new_empty(result.schema.clone())];
+        &empty
+    } else {
+        &result.batches
+    };
+    match format {
+        Format::Table => {
+            writeln!(
+                out,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(batches)?
+            )?;
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::ArrayWriter::new(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+            drop(w);
+            writeln!(out)?;
+        }
+        Format::Arrow => {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
+
+async fn shell(apiary: &Apiary) -> Result<()> {
+    let mut session = apiary.session();
+    let history = apiary.config().node.state_dir.join("shell_history");
+    let mut editor = rustyline::DefaultEditor::new()
+        .map_err(|e| Error::internal(format!("cannot start the shell: {e}")))?;
+    let _ = editor.load_history(&history);
+    let mut pending = String::new();
+    loop {
+        let scope = match (session.hive(), session.box_name()) {
+            (Some(h), Some(b)) => format!("{h}.{b}"),
+            (Some(h), None) => h.to_string(),
+            _ => String::new(),
+        };
+        let prompt = if pending.is_empty() {
+            format!("apiary:{scope}> ")
+        } else {
+            "    ...> ".into()
+        };
+        let line = match editor.readline(&prompt) {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                pending.clear();
+                continue;
+            }
+            Err(_) => break, // EOF
+        };
+        let trimmed = line.trim();
+        if pending.is_empty()
+            && (trimmed == "\\q"
+                || trimmed.eq_ignore_ascii_case("quit")
+                || trimmed.eq_ignore_ascii_case("exit"))
+        {
+            break;
+        }
+        if trimmed.is_empty() && pending.is_empty() {
+            continue;
+        }
+        pending.push_str(&line);
+        pending.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let _ = editor.add_history_entry(pending.trim());
+        match session.run_script(&pending).await {
+            Ok(results) => {
+                for r in results {
+                    print_result(&r, Format::Table)?;
+                }
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+        pending.clear();
+    }
+    if let Some(dir) = history.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = editor.save_history(&history);
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! SQL: Apiary's statements are handled here; everything else is DataFusion SQL over a
+//! catalog where hives are catalogs, boxes are schemas and frames are tables.
+
+mod catalog;
+pub mod statement;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::tokenizer::{Token, Word};
+
+use self::catalog::{Bound, FRAME_AT, FrameAt, HiveList, TableKey};
+use self::statement::{Name, Statement};
+use crate::error::{Error, ErrorKind, Result};
+use crate::frames::{FrameDef, Frames};
+
+/// The result of one statement: a schema and its batches (none for DDL).
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    fn empty() -> Self {
+        QueryResult {
+            schema: Arc::new(Schema::empty()),
+            batches: vec![],
+        }
+    }
+
+    fn single(columns: Vec<(&str, ArrayRef)>) -> Result<Self> {
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect())?;
+        Ok(QueryResult {
+            schema,
+            batches: vec![batch],
+        })
+    }
+
+    fn names(column: &str, names: Vec<String>) -> Result<Self> {
+        Self::single(vec![(column, Arc::new(StringArray::from(names)))])
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// A SQL session: the current hive and box (`USE`) persist across its statements.
+pub struct Session {
+    frames: Frames,
+    ctx: SessionContext,
+    bound: Arc<Bound>,
+    hive: Option<String>,
+    box_name: Option<String>,
+}
+
+impl Session {
+    pub fn new(frames: Frames) -> Session {
+        Self::with_context(frames, SessionConfig::new())
+    }
+
+    /// A session whose DataFusion context uses `config` (e.g. target partitions).
+    pub fn with_context(frames: Frames, config: SessionConfig) -> Session {
+        let bound = Arc::new(Bound::default());
+        let config = config
+            .with_information_schema(false)
+            .with_create_default_catalog_and_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_catalog_list(Arc::new(HiveList {
+            bound: bound.clone(),
+        }));
+        ctx.register_udtf(
+            FRAME_AT,
+            Arc::new(FrameAt {
+                bound: bound.clone(),
+            }),
+        );
+        Session {
+            frames,
+            ctx,
+            bound,
+            hive: None,
+            box_name: None,
+        }
+    }
+
+    pub fn hive(&self) -> Option<&str> {
+        self.hive.as_deref()
+    }
+
+    pub fn box_name(&self) -> Option<&str> {
+        self.box_name.as_deref()
+    }
+
+    /// Run `;`-separated statements in order; one result per statement.
+    pub async fn run_script(&mut self, sql: &str) -> Result<Vec<QueryResult>> {
+        let statements = statement::split(sql)?;
+        if statements.is_empty() {
+            return Err(Error::invalid("no SQL statement given"));
+        }
+        let mut results = Vec::with_capacity(statements.len());
+        for s in statements {
+            results.push(self.run(&s).await?);
+        }
+        Ok(results)
+    }
+
+    /// Run one statement.
+    pub async fn run(&mut self, sql: &str) -> Result<QueryResult> {
+        let result = self.run_inner(sql).await;
+        self.bound.clear();
+        result
+    }
+
+    async fn run_inner(&mut self, sql: &str) -> Result<QueryResult> {
+        match statement::parse(sql)? {
+            Statement::Query(q) => self.query(&q).await,
+            Statement::UseHive(h) => {
+                self.frames.registry().require_hive(&h).await?;
+                self.set_scope(Some(h), None);
+                Ok(QueryResult::empty())
+            }
+            Statement::UseBox(name) => {
+                let (h, b) = self.resolve_box(&name)?;
+                self.frames.registry().require_box(&h, &b).await?;
+                self.set_scope(Some(h), Some(b));
+                Ok(QueryResult::empty())
+            }
+            Statement::ShowHives => {
+                QueryResult::names("hive", self.frames.registry().list_hives().await?)
+            }
+            Statement::ShowBoxes(h) => {
+                let h = match h {
+                    Some(h) => h,
+                    None => self.current_hive()?,
+                };
+                QueryResult::names("box", self.frames.registry().list_boxes(&h).await?)
+            }
+            Statement::ShowFrames(name) => {
+                let (h, b) = match name {
+                    Some(n) => self.resolve_box(&n)?,
+                    None => (self.current_hive()?, self.current_box()?),
+                };
+                QueryResult::names("frame", self.frames.registry().list_frames(&h, &b).await?)
+            }
+            Statement::Describe(name) => {
+                let (h, b, f) = self.resolve(&name)?;
+                describe(&self.frames.info(&h, &b, &f).await?)
+            }
+            Statement::CreateHive {
+                name,
+                if_not_exists,
+            } => {
+                let created = self.frames.registry().create_hive(&name).await?;
+                if !created && !if_not_exists {
+                    return Err(Error::already_exists(format!(
+                        "hive already exists: {name}"
+                    )));
+                }
+                Ok(QueryResult::empty())
+            }
+            Statement::CreateBox {
+                name,
+                if_not_exists,
+            } => {
+                let (h, b) = self.resolve_box(&name)?;
+                let created = self.frames.registry().create_box(&h, &b).await?;
+                if !created && !if_not_exists {
+                    return Err(Error::already_exists(format!(
+                        "box already exists: {h}.{b}"
+                    )));
+                }
+                Ok(QueryResult::empty())
+            }
+            Statement::CreateFrame {
+                name,
+                columns,
+                partition_by,
+                if_not_exists,
+            } => {
+                let (h, b, f) = self.resolve(&name)?;
+                let def = FrameDef::new(&h, &b, &f, columns, partition_by)?;
+                let created = self.frames.create_frame(&def).await?;
+                if !created && !if_not_exists {
+                    return Err(Error::already_exists(format!(
+                        "frame already exists: {h}.{b}.{f}"
+                    )));
+                }
+                Ok(QueryResult::empty())
+            }
+            Statement::DropFrame { name, if_exists } => {
+                let (h, b, f) = self.resolve(&name)?;
+                match self.frames.drop_frame(&h, &b, &f).await {
+                    Err(e) if e.kind == ErrorKind::NotFound && if_exists => {
+                        Ok(QueryResult::empty())
+                    }
+                    other => other.map(|_| QueryResult::empty()),
+                }
+            }
+            Statement::Insert {
+                name,
+                columns,
+                source,
+                overwrite,
+            } => self.insert(&name, columns, &source, overwrite).await,
+        }
+    }
+
+    fn set_scope(&mut self, hive: Option<String>, box_name: Option<String>) {
+        // DataFusion resolves one- and two-part names against its default catalog and schema.
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        let opts = &mut state.config_mut().options_mut().catalog;
+        if let Some(h) = &hive {
+            opts.default_catalog = h.clone();
+        }
+        if let Some(b) = &box_name {
+            opts.default_schema = b.clone();
+        }
+        if hive.as_deref() != self.hive.as_deref() && box_name.is_none() {
+            self.box_name = None;
+        }
+        self.hive = hive.or(self.hive.take());
+        if box_name.is_some() {
+            self.box_name = box_name;
+        }
+    }
+
+    fn current_hive(&self) -> Result<String> {
+        self.hive.clone().ok_or_else(|| {
+            Error::invalid("no hive selected: name it (hive.box) or run USE HIVE <hive> first")
+        })
+    }
+
+    fn current_box(&self) -> Result<String> {
+        self.box_name.clone().ok_or_else(|| {
+            Error::invalid("no box selected: name it (hive.box.frame) or run USE BOX <box> first")
+        })
+    }
+
+    fn resolve_box(&self, name: &[String]) -> Result<(String, String)> {
+        match name {
+            [b] => Ok((self.current_hive()?, b.clone())),
+            [h, b] => Ok((h.clone(), b.clone())),
+            _ => Err(Error::invalid(format!(
+                "bad box name {}: use box or hive.box",
+                name.join(".")
+            ))),
+        }
+    }
+
+    /// Complete a frame name with the current hive and box.
+    pub fn resolve(&self, name: &[String]) -> Result<(String, String, String)> {
+        let missing = |what: &str| {
+            Error::invalid(format!(
+                "frame name {} needs a {what}: write hive.box.frame, or USE HIVE and USE BOX first",
+                name.join(".")
+            ))
+        };
+        match name {
+            [f] => Ok((
+                self.hive.clone().ok_or_else(|| missing("hive and box"))?,
+                self.box_name.clone().ok_or_else(|| missing("box"))?,
+                f.clone(),
+            )),
+            [b, f] => Ok((
+                self.hive.clone().ok_or_else(|| missing("hive"))?,
+                b.clone(),
+                f.clone(),
+            )),
+            [h, b, f] => Ok((h.clone(), b.clone(), f.clone())),
+            _ => Err(Error::invalid(format!("bad frame name {}", name.join(".")))),
+        }
+    }
+
+    /// Run a query through DataFusion: rewrite time travel, bind frames, plan, execute.
+    pub async fn query(&mut self, sql: &str) -> Result<QueryResult> {
+        let (sql, versions) = self.rewrite_time_travel(sql)?;
+        for (h, b, f, v) in versions {
+            self.bind((h, b, f, Some(v))).await?;
+        }
+        let state = self.ctx.state();
+        let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
+        let udtfs = state.table_functions();
+        for reference in state.resolve_table_references(&stmt)? {
+            if let TableReference::Bare { table } = &reference
+                && udtfs.contains_key(table.as_ref())
+            {
+                continue;
+            }
+            let parts: Vec<String> = reference.to_vec();
+            let (h, b, f) = self.resolve(&parts)?;
+            self.bind((h, b, f, None)).await?;
+        }
+        let plan = state.statement_to_plan(stmt).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .verify_plan(&plan)
+            .map_err(|e| Error::unsupported(e.strip_backtrace()))?;
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(QueryResult { schema, batches })
+    }
+
+    /// Load a frame (at a version) and make it visible to the planner.
+    async fn bind(&self, key: TableKey) -> Result<()> {
+        if self.bound.contains(&key) {
+            return Ok(());
+        }
+        let (h, b, f, v) = &key;
+        let frame = self.frames.open(h, b, f, *v).await?;
+        frame.table.update_datafusion_session(&self.ctx.state())?;
+        let provider = frame.table.table_provider().await?;
+        self.bound.insert(key, provider);
+        Ok(())
+    }
+
+    /// `h.b.f VERSION AS OF n` becomes `frame_at('h.b.f', n)`, and names inside `frame_at`
+    /// are completed with the current hive and box. Returns the versions to bind.
+    fn rewrite_time_travel(
+        &self,
+        sql: &str,
+    ) -> Result<(String, Vec<(String, String, String, i64)>)> {
+        let toks = statement::tokenize(sql)?;
+        let sig: Vec<usize> = (0..toks.len())
+            .filter(|&i| !matches!(toks[i], Token::Whitespace(_)))
+            .collect();
+        let word = |i: usize, kw: &str| matches!(&toks[i], Token::Word(Word { value, quote_style: None, .. }) if value.eq_ignore_ascii_case(kw));
+        let ident = |t: &Token| match t {
+            Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+            Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+            _ => None,
+        };
+        let number = |t: &Token| match t {
+            Token::Number(n, _) => n.parse::<i64>().ok(),
+            _ => None,
+        };
+        let mut out: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
+        let mut versions = Vec::new();
+        let mut k = 0;
+        while k < sig.len() {
+            // name VERSION AS OF n
+            if k + 3 < sig.len()
+                && word(sig[k], "VERSION")
+                && word(sig[k + 1], "AS")
+                && word(sig[k + 2], "OF")
+            {
+                let version = number(&toks[sig[k + 3]])
+                    .ok_or_else(|| Error::invalid("VERSION AS OF takes a whole number"))?;
+                // Walk back over `part(.part)*` before VERSION.
+                let mut first = k;
+                let mut parts = Vec::new();
+                loop {
+                    if first == 0 {
+                        break;
+                    }
+                    let Some(p) = ident(&toks[sig[first - 1]]) else {
+                        break;
+                    };
+                    parts.insert(0, p);
+                    first -= 1;
+                    if first > 0 && toks[sig[first - 1]] == Token::Period {
+                        first -= 1;
+                    } else {
+                        break;
+                    }
+                }
+                if parts.is_empty() {
+                    return Err(Error::invalid("VERSION AS OF must follow a frame name"));
+                }
+                let (h, b, f) = self.resolve(&parts)?;
+                for slot in &mut out[sig[first]..=sig[k + 3]] {
+                    slot.clear();
+                }
+                out[sig[first]] = format!("{FRAME_AT}('{h}.{b}.{f}', {version})");
+                versions.push((h, b, f, version));
+                k += 4;
+                continue;
+            }
+            // frame_at('name', n)
+            if k + 5 < sig.len()
+                && word(sig[k], FRAME_AT)
+                && toks[sig[k + 1]] == Token::LParen
+                && toks[sig[k + 3]] == Token::Comma
+                && toks[sig[k + 5]] == Token::RParen
+                && let Token::SingleQuotedString(name) = &toks[sig[k + 2]]
+                && let Some(version) = number(&toks[sig[k + 4]])
+            {
+                let parts: Vec<String> = name.split('.').map(str::to_string).collect();
+                let (h, b, f) = self.resolve(&parts)?;
+                out[sig[k + 2]] = format!("'{h}.{b}.{f}'");
+                versions.push((h, b, f, version));
+                k += 6;
+                continue;
+            }
+            k += 1;
+        }
+        Ok((out.concat(), versions))
+    }
+
+    async fn insert(
+        &mut self,
+        name: &Name,
+        columns: Vec<String>,
+        source: &str,
+        overwrite: bool,
+    ) -> Result<QueryResult> {
+        let (h, b, f) = self.resolve(name)?;
+        let def = self.frames.registry().frame(&h, &b, &f).await?;
+        let rows = self.query(source).await?;
+        let targets: Vec<String> = if columns.is_empty() {
+            def.columns.iter().map(|c| c.name.clone()).collect()
+        } else {
+            columns
+        };
+        if rows.schema.fields().len() != targets.len() {
+            return Err(Error::invalid(format!(
+                "INSERT into {h}.{b}.{f}: {} values per row for {} columns ({})",
+                rows.schema.fields().len(),
+                targets.len(),
+                targets.join(", ")
+            )));
+        }
+        let schema = Arc::new(Schema::new(
+            rows.schema
+                .fields()
+                .iter()
+                .zip(&targets)
+                .map(|(fl, n)| Field::new(n, fl.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batches = rows
+            .batches
+            .into_iter()
+            .map(|batch| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let report = if overwrite {
+            self.frames.overwrite(&h, &b, &f, batches).await?
+        } else {
+            self.frames.append(&h, &b, &f, batches, None).await?
+        };
+        QueryResult::single(vec![(
+            "count",
+            Arc::new(UInt64Array::from(vec![report.rows_written])),
+        )])
+    }
+}
+
+fn describe(info: &crate::frames::FrameInfo) -> Result<QueryResult> {
+    let def = &info.def;
+    let n = def.columns.len();
+    let types: Vec<String> = def
+        .columns
+        .iter()
+        .map(|c| crate::frames::types::canonical(&c.type_name).map(str::to_string))
+        .collect::<Result<_>>()?;
+    QueryResult::single(vec![
+        (
+            "column_name",
+            Arc::new(StringArray::from_iter_values(
+                def.columns.iter().map(|c| &c.name),
+            )),
+        ),
+        ("data_type", Arc::new(StringArray::from(types))),
+        (
+            "partition",
+            Arc::new(BooleanArray::from_iter(
+                def.columns.iter().map(|c| Some(def.is_partition(&c.name))),
+            )),
+        ),
+        (
+            "cells",
+            Arc::new(UInt64Array::from(vec![info.cell_count; n])),
+        ),
+        ("rows", Arc::new(UInt64Array::from(vec![info.row_count; n]))),
+        (
+            "bytes",
+            Arc::new(UInt64Array::from(vec![info.total_bytes; n])),
+        ),
+        ("version", Arc::new(Int64Array::from(vec![info.version; n]))),
+    ])
+}

@@ -1,0 +1,563 @@
+//! Apiary's own statements (USE, SHOW, DESCRIBE, CREATE/DROP of hives, boxes and frames,
+//! INSERT, the refused DML), recognised before the rest goes to DataFusion.
+
+use datafusion::sql::sqlparser::ast::{self, TableObject};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
+
+use crate::error::{Error, Result};
+use crate::frames::Column;
+
+/// A name as written: one, two or three parts.
+pub type Name = Vec<String>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    UseHive(String),
+    UseBox(Name),
+    ShowHives,
+    ShowBoxes(Option<String>),
+    ShowFrames(Option<Name>),
+    Describe(Name),
+    CreateHive {
+        name: String,
+        if_not_exists: bool,
+    },
+    CreateBox {
+        name: Name,
+        if_not_exists: bool,
+    },
+    CreateFrame {
+        name: Name,
+        columns: Vec<Column>,
+        partition_by: Vec<String>,
+        if_not_exists: bool,
+    },
+    DropFrame {
+        name: Name,
+        if_exists: bool,
+    },
+    Insert {
+        name: Name,
+        columns: Vec<String>,
+        /// The SELECT or VALUES that produces the rows, as SQL for DataFusion.
+        source: String,
+        overwrite: bool,
+    },
+    /// Anything else: a query (or statement) for DataFusion.
+    Query(String),
+}
+
+pub fn tokenize(sql: &str) -> Result<Vec<Token>> {
+    Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Error::invalid(format!("SQL syntax error: {e}")))
+}
+
+pub fn untokenize(tokens: &[Token]) -> String {
+    tokens
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// Split a script into statements at top-level semicolons (quotes and comments respected).
+pub fn split(sql: &str) -> Result<Vec<String>> {
+    let tokens = tokenize(sql)?;
+    Ok(tokens
+        .split(|t| *t == Token::SemiColon)
+        .map(untokenize)
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// A cursor over the significant tokens of one statement.
+struct Cursor {
+    toks: Vec<Token>,
+    pos: usize,
+}
+
+impl Cursor {
+    fn new(sql: &str) -> Result<Cursor> {
+        let toks = tokenize(sql)?
+            .into_iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .collect();
+        Ok(Cursor { toks, pos: 0 })
+    }
+
+    fn peek(&self) -> Option<&Token> {
+        self.toks.get(self.pos)
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.toks.len()
+    }
+
+    /// Consume the keyword if it is next (unquoted, any case).
+    fn keyword(&mut self, kw: &str) -> bool {
+        match self.peek() {
+            Some(Token::Word(Word {
+                value,
+                quote_style: None,
+                ..
+            })) if value.eq_ignore_ascii_case(kw) => {
+                self.pos += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn keywords(&mut self, kws: &[&str]) -> bool {
+        let start = self.pos;
+        if kws.iter().all(|k| self.keyword(k)) {
+            true
+        } else {
+            self.pos = start;
+            false
+        }
+    }
+
+    fn token(&mut self, t: &Token) -> bool {
+        if self.peek() == Some(t) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, t: &Token, what: &str) -> Result<()> {
+        if self.token(t) {
+            Ok(())
+        } else {
+            Err(self.error(what))
+        }
+    }
+
+    fn error(&self, expected: &str) -> Error {
+        let found = self
+            .peek()
+            .map(|t| format!("found {t}"))
+            .unwrap_or_else(|| "found end of statement".into());
+        Error::invalid(format!("SQL syntax error: expected {expected}, {found}"))
+    }
+
+    /// An identifier: unquoted names fold to lower case (as DataFusion does); quoted ones keep
+    /// their case.
+    fn ident(&mut self, what: &str) -> Result<String> {
+        match self.peek() {
+            Some(Token::Word(w)) => {
+                let v = if w.quote_style.is_some() {
+                    w.value.clone()
+                } else {
+                    w.value.to_ascii_lowercase()
+                };
+                self.pos += 1;
+                Ok(v)
+            }
+            _ => Err(self.error(what)),
+        }
+    }
+
+    fn name(&mut self, what: &str) -> Result<Name> {
+        let mut parts = vec![self.ident(what)?];
+        while self.token(&Token::Period) {
+            parts.push(self.ident(what)?);
+        }
+        if parts.len() > 3 {
+            return Err(Error::invalid(format!(
+                "name {} has more than three parts (hive.box.frame)",
+                parts.join(".")
+            )));
+        }
+        Ok(parts)
+    }
+
+    fn end(&self) -> Result<()> {
+        if self.at_end() {
+            Ok(())
+        } else {
+            Err(self.error("end of statement"))
+        }
+    }
+}
+
+fn one_part(name: Name, what: &str) -> Result<String> {
+    if name.len() == 1 {
+        Ok(name.into_iter().next().expect("one part"))
+    } else {
+        Err(Error::invalid(format!(
+            "a {what} name has one part, got {}",
+            name.join(".")
+        )))
+    }
+}
+
+/// Classify one statement.
+pub fn parse(sql: &str) -> Result<Statement> {
+    let mut c = Cursor::new(sql)?;
+    if c.at_end() {
+        return Err(Error::invalid("empty SQL statement"));
+    }
+    let stmt = if c.keyword("USE") {
+        if c.keyword("HIVE") || c.keyword("DATABASE") || c.keyword("CATALOG") {
+            Statement::UseHive(one_part(c.name("a hive name")?, "hive")?)
+        } else if c.keyword("BOX") || c.keyword("SCHEMA") {
+            let n = c.name("a box name")?;
+            if n.len() > 2 {
+                return Err(Error::invalid("USE BOX takes box or hive.box"));
+            }
+            Statement::UseBox(n)
+        } else {
+            // Plain `USE x` selects a hive, `USE h.b` a hive and a box.
+            let n = c.name("HIVE, BOX or a name")?;
+            match n.len() {
+                1 => Statement::UseHive(n.into_iter().next().expect("one part")),
+                2 => Statement::UseBox(n),
+                _ => return Err(Error::invalid("USE takes hive or hive.box")),
+            }
+        }
+    } else if c.keyword("SHOW") {
+        if c.keyword("HIVES") || c.keyword("DATABASES") {
+            Statement::ShowHives
+        } else if c.keyword("BOXES") || c.keyword("SCHEMAS") {
+            let h = if c.keyword("IN") || c.keyword("FROM") {
+                Some(one_part(c.name("a hive name")?, "hive")?)
+            } else {
+                None
+            };
+            Statement::ShowBoxes(h)
+        } else if c.keyword("FRAMES") || c.keyword("TABLES") {
+            let n = if c.keyword("IN") || c.keyword("FROM") {
+                let n = c.name("hive.box or box")?;
+                if n.len() > 2 {
+                    return Err(Error::invalid("SHOW FRAMES IN takes hive.box or box"));
+                }
+                Some(n)
+            } else {
+                None
+            };
+            Statement::ShowFrames(n)
+        } else {
+            return Err(c.error("HIVES, BOXES or FRAMES (or DATABASES, SCHEMAS, TABLES)"));
+        }
+    } else if c.keyword("DESCRIBE") || c.keyword("DESC") {
+        let _ = c.keyword("FRAME") || c.keyword("TABLE");
+        Statement::Describe(c.name("a frame name")?)
+    } else if c.keyword("CREATE") {
+        return parse_create(c);
+    } else if c.keyword("DROP") {
+        if c.keyword("TABLE") || c.keyword("FRAME") {
+            let if_exists = c.keywords(&["IF", "EXISTS"]);
+            Statement::DropFrame {
+                name: c.name("a frame name")?,
+                if_exists,
+            }
+        } else {
+            return Err(Error::unsupported(format!(
+                "{} is not supported: only DROP TABLE (or DROP FRAME) is",
+                first_words(sql, 2)
+            )));
+        }
+    } else if c.keyword("INSERT") {
+        return parse_insert(sql);
+    } else if ["UPDATE", "DELETE", "MERGE", "TRUNCATE", "ALTER"]
+        .iter()
+        .any(|k| c.keyword(k))
+    {
+        return Err(Error::unsupported(format!(
+            "{} is not supported yet: frames take appends (INSERT) and overwrites (INSERT OVERWRITE); statement: {}",
+            first_words(sql, 1),
+            sql.trim()
+        )));
+    } else {
+        return Ok(Statement::Query(sql.to_string()));
+    };
+    c.end()?;
+    Ok(stmt)
+}
+
+fn first_words(sql: &str, n: usize) -> String {
+    sql.split_whitespace()
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_uppercase()
+}
+
+fn parse_create(mut c: Cursor) -> Result<Statement> {
+    if c.keyword("HIVE") || c.keyword("DATABASE") || c.keyword("CATALOG") {
+        let if_not_exists = c.keywords(&["IF", "NOT", "EXISTS"]);
+        let name = one_part(c.name("a hive name")?, "hive")?;
+        c.end()?;
+        return Ok(Statement::CreateHive {
+            name,
+            if_not_exists,
+        });
+    }
+    if c.keyword("BOX") || c.keyword("SCHEMA") {
+        let if_not_exists = c.keywords(&["IF", "NOT", "EXISTS"]);
+        let name = c.name("a box name")?;
+        if name.len() > 2 {
+            return Err(Error::invalid("a box name is box or hive.box"));
+        }
+        c.end()?;
+        return Ok(Statement::CreateBox {
+            name,
+            if_not_exists,
+        });
+    }
+    if !(c.keyword("TABLE") || c.keyword("FRAME")) {
+        return Err(Error::unsupported(
+            "only CREATE HIVE|DATABASE, CREATE BOX|SCHEMA and CREATE TABLE|FRAME are supported",
+        ));
+    }
+    let if_not_exists = c.keywords(&["IF", "NOT", "EXISTS"]);
+    let name = c.name("a frame name")?;
+    if c.keyword("AS") {
+        return Err(Error::unsupported(
+            "CREATE TABLE ... AS SELECT is not supported yet: CREATE TABLE with columns, then INSERT INTO ... SELECT",
+        ));
+    }
+    c.expect(&Token::LParen, "( and the column list")?;
+    let mut columns = Vec::new();
+    loop {
+        let col = c.ident("a column name")?;
+        // The type runs to the next top-level comma or the closing parenthesis.
+        let mut type_words = Vec::new();
+        let mut depth = 0;
+        while let Some(t) = c.peek() {
+            match t {
+                Token::Comma | Token::RParen if depth == 0 => break,
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                _ => {}
+            }
+            type_words.push(t.to_string());
+            c.pos += 1;
+        }
+        let mut type_name = type_words.join(" ").replace(" ( ", "(").replace(" )", ")");
+        for suffix in [" NOT NULL", " NULL"] {
+            if type_name.to_ascii_uppercase().ends_with(suffix) {
+                type_name.truncate(type_name.len() - suffix.len());
+            }
+        }
+        if type_name.is_empty() {
+            return Err(Error::invalid(format!("column {col} has no type")));
+        }
+        columns.push(Column {
+            name: col,
+            type_name,
+        });
+        if c.token(&Token::Comma) {
+            continue;
+        }
+        c.expect(&Token::RParen, ", or )")?;
+        break;
+    }
+    let mut partition_by = Vec::new();
+    if c.keywords(&["PARTITIONED", "BY"]) || c.keywords(&["PARTITION", "BY"]) {
+        c.expect(&Token::LParen, "( and partition columns")?;
+        loop {
+            partition_by.push(c.ident("a partition column")?);
+            if !c.token(&Token::Comma) {
+                break;
+            }
+        }
+        c.expect(&Token::RParen, ")")?;
+    }
+    c.end()?;
+    Ok(Statement::CreateFrame {
+        name,
+        columns,
+        partition_by,
+        if_not_exists,
+    })
+}
+
+fn parse_insert(sql: &str) -> Result<Statement> {
+    let mut stmts = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| Error::invalid(format!("SQL syntax error: {e}")))?;
+    let Some(ast::Statement::Insert(insert)) = stmts.pop() else {
+        return Err(Error::invalid("expected one INSERT statement"));
+    };
+    let TableObject::TableName(table) = &insert.table else {
+        return Err(Error::unsupported(
+            "INSERT INTO a table function is not supported",
+        ));
+    };
+    let normalise = |i: &ast::Ident| {
+        if i.quote_style.is_some() {
+            i.value.clone()
+        } else {
+            i.value.to_ascii_lowercase()
+        }
+    };
+    let name: Name = table
+        .0
+        .iter()
+        .map(|p| {
+            p.as_ident()
+                .map(normalise)
+                .ok_or_else(|| Error::invalid("bad table name"))
+        })
+        .collect::<Result<_>>()?;
+    if name.len() > 3 {
+        return Err(Error::invalid("a frame name has at most three parts"));
+    }
+    let columns = insert
+        .columns
+        .iter()
+        .map(|c| match c.0.as_slice() {
+            [p] => p
+                .as_ident()
+                .map(normalise)
+                .ok_or_else(|| Error::invalid("bad column name")),
+            _ => Err(Error::invalid(format!("bad column name {c}"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(source) = &insert.source else {
+        return Err(Error::invalid("INSERT needs VALUES or a SELECT"));
+    };
+    if insert.on.is_some() || insert.returning.is_some() {
+        return Err(Error::unsupported(
+            "INSERT ... ON CONFLICT / RETURNING is not supported",
+        ));
+    }
+    Ok(Statement::Insert {
+        name,
+        columns,
+        source: source.to_string(),
+        overwrite: insert.overwrite,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(parts: &[&str]) -> Name {
+        parts.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn splits_at_top_level_semicolons_only() {
+        let s = split("USE HIVE h; SELECT 'a;b' -- c;d\n; ;SELECT \"x;y\" FROM t").unwrap();
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert_eq!(s[1], "SELECT 'a;b' -- c;d");
+    }
+
+    #[test]
+    fn apiary_statements() {
+        assert_eq!(parse("use hive H").unwrap(), Statement::UseHive("h".into()));
+        assert_eq!(parse("USE \"H\"").unwrap(), Statement::UseHive("H".into()));
+        assert_eq!(
+            parse("USE SCHEMA h.b").unwrap(),
+            Statement::UseBox(n(&["h", "b"]))
+        );
+        assert_eq!(parse("SHOW DATABASES").unwrap(), Statement::ShowHives);
+        assert_eq!(
+            parse("SHOW BOXES IN h").unwrap(),
+            Statement::ShowBoxes(Some("h".into()))
+        );
+        assert_eq!(parse("show tables").unwrap(), Statement::ShowFrames(None));
+        assert_eq!(
+            parse("SHOW FRAMES FROM h.b").unwrap(),
+            Statement::ShowFrames(Some(n(&["h", "b"])))
+        );
+        assert_eq!(
+            parse("DESCRIBE h.b.f").unwrap(),
+            Statement::Describe(n(&["h", "b", "f"]))
+        );
+        assert_eq!(
+            parse("drop table if exists b.f").unwrap(),
+            Statement::DropFrame {
+                name: n(&["b", "f"]),
+                if_exists: true
+            }
+        );
+        assert!(matches!(parse("SELECT 1").unwrap(), Statement::Query(_)));
+        assert!(matches!(
+            parse("WITH a AS (SELECT 1) SELECT * FROM a").unwrap(),
+            Statement::Query(_)
+        ));
+    }
+
+    #[test]
+    fn create_table_with_types_and_partitions() {
+        let s = parse(
+            "CREATE TABLE IF NOT EXISTS h.b.t (id BIGINT NOT NULL, name varchar(20), ts timestamp, \
+             \"Day\" date) PARTITIONED BY (\"Day\")",
+        )
+        .unwrap();
+        let Statement::CreateFrame {
+            name,
+            columns,
+            partition_by,
+            if_not_exists,
+        } = s
+        else {
+            panic!("{s:?}")
+        };
+        assert_eq!(name, n(&["h", "b", "t"]));
+        assert!(if_not_exists);
+        let types: Vec<_> = columns.iter().map(|c| c.type_name.as_str()).collect();
+        assert_eq!(types, ["BIGINT", "varchar(20)", "timestamp", "date"]);
+        assert_eq!(columns[3].name, "Day");
+        assert_eq!(partition_by, vec!["Day"]);
+    }
+
+    #[test]
+    fn insert_forms() {
+        let s = parse("INSERT INTO h.b.t (a, B) VALUES (1, 'x'), (2, 'y')").unwrap();
+        let Statement::Insert {
+            name,
+            columns,
+            source,
+            overwrite,
+        } = s
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (name, columns, overwrite),
+            (n(&["h", "b", "t"]), n(&["a", "b"]), false)
+        );
+        assert!(source.starts_with("VALUES"), "{source}");
+        let s = parse("INSERT OVERWRITE TABLE t SELECT * FROM u").unwrap();
+        assert!(
+            matches!(
+                s,
+                Statement::Insert {
+                    overwrite: true,
+                    ..
+                }
+            ),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_statements_are_clear_errors() {
+        for (sql, want) in [
+            ("USE", "expected"),
+            ("SHOW NOTHING", "expected HIVES"),
+            ("CREATE TABLE t", "column list"),
+            ("CREATE TABLE t (a int,", "column name"),
+            ("CREATE TABLE t (a)", "has no type"),
+            ("UPDATE t SET a = 1", "UPDATE is not supported yet"),
+            ("DELETE FROM t", "DELETE is not supported yet"),
+            ("DESCRIBE a.b.c.d", "more than three parts"),
+            ("SELECT 'unterminated", "syntax error"),
+            ("DROP VIEW v", "not supported"),
+        ] {
+            let e = parse(sql).unwrap_err();
+            assert!(e.message.contains(want), "{sql}: {e}");
+        }
+    }
+}

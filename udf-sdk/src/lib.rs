@@ -1,0 +1,1 @@
+//! Guest-side SDK for Apiary UDFs (filled in by the UDF issue).
