@@ -83,10 +83,13 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Pretty,
-            level: "warn,apiary=info".into(),
+            level: DEFAULT_LOG.into(),
         }
     }
 }
+
+/// Our own info, others' warnings; Delta's commit retries under contention are routine.
+pub const DEFAULT_LOG: &str = "warn,apiary=info,deltalake_core::kernel::transaction=error";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -90,6 +90,11 @@ impl From<datafusion::error::DataFusionError> for Error {
         {
             return ours.clone();
         }
+        if let D::SQL(parse_error, _) = root {
+            let msg = parse_error.to_string();
+            let msg = msg.strip_prefix("sql parser error: ").unwrap_or(&msg);
+            return Error::invalid(format!("SQL syntax error: {msg}"));
+        }
         let kind = match root {
             D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
                 ErrorKind::InvalidInput

@@ -209,12 +209,21 @@ impl Frames {
             }
             builder = builder.with_version(v as u64);
         }
-        let table = builder.load().await.map_err(|e| match (e, version) {
-            (DeltaTableError::InvalidVersion(_), Some(v)) => {
-                Error::not_found(format!("frame {h}.{b}.{f} has no version {v}"))
+        let table = match builder.load().await {
+            Ok(t) => t,
+            Err(e) => {
+                let e = Error::from(e).context(format!("opening frame {h}.{b}.{f}"));
+                let Some(v) = version else { return Err(e) };
+                // Asked for a version past the end: say so plainly.
+                let latest = self.builder(self.table_url(h, b, f))?.build()?.get_latest_version().await?;
+                if v as u64 > latest {
+                    return Err(Error::not_found(format!(
+                        "frame {h}.{b}.{f} has no version {v} (latest is {latest})"
+                    )));
+                }
+                return Err(e);
             }
-            (e, _) => Error::from(e).context(format!("opening frame {h}.{b}.{f}")),
-        })?;
+        };
         Ok(Frame { def, table })
     }
 

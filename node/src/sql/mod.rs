@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::TableReference;
+use datafusion::config::Dialect;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::tokenizer::{Token, Word};
@@ -108,6 +109,13 @@ impl Session {
         let statements = statement::split(sql)?;
         if statements.is_empty() {
             return Err(Error::invalid("no SQL statement given"));
+        }
+        // Check the syntax of every statement before running any, so a typo at the end of
+        // a script does not leave its first statements committed.
+        for s in &statements {
+            if let Statement::Query(q) = statement::parse(s)? {
+                self.ctx.state().sql_to_statement(&q, &Dialect::Generic)?;
+            }
         }
         let mut results = Vec::with_capacity(statements.len());
         for s in statements {
@@ -291,7 +299,7 @@ impl Session {
             self.bind((h, b, f, Some(v))).await?;
         }
         let state = self.ctx.state();
-        let stmt = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
+        let stmt = state.sql_to_statement(&sql, &Dialect::Generic)?;
         let udtfs = state.table_functions();
         for reference in state.resolve_table_references(&stmt)? {
             if let TableReference::Bare { table } = &reference

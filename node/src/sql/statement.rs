@@ -313,9 +313,10 @@ fn parse_create(mut c: Cursor) -> Result<Statement> {
         });
     }
     if !(c.keyword("TABLE") || c.keyword("FRAME")) {
-        return Err(Error::unsupported(
-            "only CREATE HIVE|DATABASE, CREATE BOX|SCHEMA and CREATE TABLE|FRAME are supported",
-        ));
+        let what = c.peek().map(|t| t.to_string().to_ascii_uppercase()).unwrap_or_default();
+        return Err(Error::unsupported(format!(
+            "CREATE {what} is not supported: only CREATE HIVE|DATABASE, CREATE BOX|SCHEMA and CREATE TABLE|FRAME are"
+        )));
     }
     let if_not_exists = c.keywords(&["IF", "NOT", "EXISTS"]);
     let name = c.name("a frame name")?;

@@ -1,0 +1,132 @@
+//! Helpers shared by the integration tests: meadows to run against (a local directory, and
+//! the real S3 server that scripts/test starts), and the `apiary` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use apiary::Apiary;
+use apiary::config::Config;
+use apiary::sql::QueryResult;
+use arrow::array::{Array, Int64Array, RecordBatch};
+
+/// A meadow for one test: its URI, store options, and the env a child process needs.
+pub struct TestMeadow {
+    pub label: &'static str,
+    pub uri: String,
+    pub options: BTreeMap<String, String>,
+    pub env: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn local() -> TestMeadow {
+    let dir = tempfile::tempdir().unwrap();
+    TestMeadow {
+        label: "local",
+        uri: dir.path().join("meadow").display().to_string(),
+        options: BTreeMap::new(),
+        env: vec![],
+        _dir: Some(dir),
+    }
+}
+
+/// The S3 meadow under a fresh prefix, or `None` when no S3 server was started (plain
+/// `cargo test`). scripts/test sets APIARY_REQUIRE_S3=1 so a missing server fails there.
+pub fn s3() -> Option<TestMeadow> {
+    let Ok(endpoint) = std::env::var("APIARY_TEST_S3_ENDPOINT") else {
+        if std::env::var("APIARY_REQUIRE_S3").is_ok() {
+            panic!("APIARY_REQUIRE_S3 is set but APIARY_TEST_S3_ENDPOINT is not");
+        }
+        eprintln!("skipping the S3 half: APIARY_TEST_S3_ENDPOINT not set (scripts/test sets it)");
+        return None;
+    };
+    let bucket = std::env::var("APIARY_TEST_S3_BUCKET").unwrap_or_else(|_| "apiary-test".into());
+    let prefix = uuid::Uuid::new_v4();
+    let options: BTreeMap<String, String> = [
+        ("endpoint", endpoint.as_str()),
+        ("access_key_id", "test"),
+        ("secret_access_key", "test"),
+        ("region", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let env = vec![
+        ("AWS_ENDPOINT_URL".to_string(), endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID".to_string(), "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "test".to_string()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+    ];
+    Some(TestMeadow {
+        label: "s3",
+        uri: format!("s3://{bucket}/{prefix}"),
+        options,
+        env,
+        _dir: None,
+    })
+}
+
+impl TestMeadow {
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.meadow.uri = Some(self.uri.clone());
+        c.meadow.options = self.options.clone();
+        c.node.state_dir = std::env::temp_dir().join(format!("apiary-test-{}", uuid::Uuid::new_v4()));
+        c
+    }
+
+    pub async fn open(&self) -> Apiary {
+        Apiary::open(self.config()).await.unwrap()
+    }
+
+    /// The `apiary` binary pointed at this meadow.
+    pub fn cli(&self) -> Command {
+        self.cli_at(&self.uri)
+    }
+
+    /// The `apiary` binary with this meadow's environment but another storage URI.
+    pub fn cli_at(&self, uri: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiary"));
+        cmd.arg("--storage").arg(uri);
+        cmd.arg("--state-dir").arg(std::env::temp_dir().join("apiary-test-cli"));
+        cmd.env_remove("APIARY_CONFIG");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Run the CLI with `args`; returns (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out: Output = self.cli().args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Run SQL in a fresh session and return the last statement's result.
+pub async fn sql(apiary: &Apiary, sql: &str) -> QueryResult {
+    match apiary.sql(sql).await {
+        Ok(mut r) => r.pop().unwrap(),
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+/// All values of an Int64 column across batches (nulls as None).
+pub fn i64s(batches: &[RecordBatch], col: usize) -> Vec<Option<i64>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Int64).unwrap();
+            let a = a.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+            (0..a.len()).map(move |i| a.is_valid(i).then(|| a.value(i)))
+        })
+        .collect()
+}
+
+/// A single Int64 scalar result.
+pub async fn scalar(apiary: &Apiary, q: &str) -> i64 {
+    let r = sql(apiary, q).await;
+    i64s(&r.batches, 0)[0].unwrap()
+}

@@ -1,0 +1,22 @@
+# Shared settings for the scripts: sourced, not run.
+# One cargo target dir outside the clone, so CI and later runs reuse the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/apiary/target}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export REPO
+VENV="$REPO/.venv"
+export VENV
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Wait until a TCP port accepts connections (deadline in seconds).
+wait_port() {
+  local port=$1 deadline=$((SECONDS + ${2:-30}))
+  until python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('127.0.0.1', $port)))" 2>/dev/null; do
+    [ $SECONDS -ge $deadline ] && { echo "port $port did not open in time" >&2; return 1; }
+    sleep 0.2
+  done
+}
