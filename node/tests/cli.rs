@@ -13,7 +13,18 @@ fn setup() -> TestMeadow {
     let m = common::local();
     ok(&m, &["hive", "create", "h"]);
     ok(&m, &["box", "create", "h.b"]);
-    ok(&m, &["frame", "create", "h.b.t", "--schema", "id:int64,v:float64,p:utf8", "--partition-by", "p"]);
+    ok(
+        &m,
+        &[
+            "frame",
+            "create",
+            "h.b.t",
+            "--schema",
+            "id:int64,v:float64,p:utf8",
+            "--partition-by",
+            "p",
+        ],
+    );
     ok(&m, &["sql", "INSERT INTO h.b.t VALUES (1, 1.5, 'x')"]);
     m
 }
@@ -36,7 +47,14 @@ fn fails(m: &TestMeadow, args: &[&str]) -> String {
 
 fn version(m: &TestMeadow) -> String {
     let out = ok(m, &["frame", "describe", "h.b.t"]);
-    out.lines().nth(3).unwrap().split('|').nth(7).unwrap().trim().to_string()
+    out.lines()
+        .nth(3)
+        .unwrap()
+        .split('|')
+        .nth(7)
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -45,7 +63,15 @@ fn a_session_of_commands_round_trips() {
     assert_eq!(ok(&m, &["hive", "list"]).trim(), "h");
     assert_eq!(ok(&m, &["box", "list", "h"]).trim(), "b");
     assert_eq!(ok(&m, &["frame", "list", "h.b"]).trim(), "t");
-    let out = ok(&m, &["sql", "USE HIVE h; USE BOX b; SELECT id, v FROM t", "--format", "json"]);
+    let out = ok(
+        &m,
+        &[
+            "sql",
+            "USE HIVE h; USE BOX b; SELECT id, v FROM t",
+            "--format",
+            "json",
+        ],
+    );
     assert_eq!(out.trim(), r#"[{"id":1,"v":1.5}]"#);
     let status: serde_json::Value = serde_json::from_str(&ok(&m, &["status"])).unwrap();
     assert_eq!(status["storage"], "local");
@@ -60,7 +86,11 @@ fn write_reads_csv_jsonl_parquet_and_stdin() {
     std::fs::write(&csv, "id,v,p\n2,2.5,y\n3,,z\n").unwrap();
     ok(&m, &["write", "h.b.t", csv.to_str().unwrap()]);
     let jsonl = dir.path().join("rows.jsonl");
-    std::fs::write(&jsonl, "{\"id\": 4, \"v\": 4.5, \"p\": \"x\"}\n{\"id\": 5, \"p\": \"y\"}\n").unwrap();
+    std::fs::write(
+        &jsonl,
+        "{\"id\": 4, \"v\": 4.5, \"p\": \"x\"}\n{\"id\": 5, \"p\": \"y\"}\n",
+    )
+    .unwrap();
     ok(&m, &["write", "h.b.t", jsonl.to_str().unwrap()]);
     // Parquet made by the CLI itself (arrow IPC would be another format): export then re-import.
     let parquet = dir.path().join("rows.parquet");
@@ -95,9 +125,22 @@ fn write_reads_csv_jsonl_parquet_and_stdin() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"{\"id\": 7, \"v\": 7.5, \"p\": \"q\"}\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"id\": 7, \"v\": 7.5, \"p\": \"q\"}\n")
+        .unwrap();
     assert!(child.wait().unwrap().success());
-    let out = ok(&m, &["sql", "SELECT count(*) AS n, sum(id) AS s, count(v) AS nv FROM h.b.t", "--format", "csv"]);
+    let out = ok(
+        &m,
+        &[
+            "sql",
+            "SELECT count(*) AS n, sum(id) AS s, count(v) AS nv FROM h.b.t",
+            "--format",
+            "csv",
+        ],
+    );
     assert_eq!(out.trim(), "n,s,nv\n7,28,5");
 }
 
@@ -109,27 +152,120 @@ fn malformed_input_gives_clear_errors_and_commits_nothing() {
 
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["sql".into(), "SELEC 1".into()], "syntax error"),
-        (vec!["sql".into(), "SELECT * FROM h.b.nope".into()], "frame not found: h.b.nope"),
-        (vec!["sql".into(), "SELECT * FROM h.nobox.t".into()], "box not found: h.nobox"),
-        (vec!["sql".into(), "SELECT * FROM nohive.b.t".into()], "hive not found: nohive"),
-        (vec!["sql".into(), "SELECT * FROM t".into()], "needs a hive and box"),
-        (vec!["sql".into(), "SELECT nocolumn FROM h.b.t".into()], "nocolumn"),
-        (vec!["sql".into(), "UPDATE h.b.t SET id = 2".into()], "UPDATE is not supported yet"),
-        (vec!["sql".into(), "DELETE FROM h.b.t".into()], "DELETE is not supported yet"),
-        (vec!["sql".into(), "CREATE VIEW v AS SELECT 1".into()], "not supported"),
-        (vec!["sql".into(), "INSERT INTO h.b.t VALUES ('abc', 1.0, 'x')".into()], "column id"),
-        (vec!["sql".into(), "INSERT INTO h.b.t VALUES (2, 1.0, NULL)".into()], "null partition value in column p"),
-        (vec!["sql".into(), "INSERT INTO h.b.t VALUES (2, 1.0)".into()], "2 values per row for 3 columns"),
-        (vec!["sql".into(), "INSERT INTO h.b.t (id, nope) VALUES (2, 1)".into()], "unknown column nope"),
-        (vec!["sql".into(), "INSERT INTO h.b.t VALUES (1, 1.0, 'x'); SELEC".into()], "syntax error"),
         (
-            vec!["frame".into(), "create".into(), "h.b.u".into(), "--schema".into(), "a:varchar2000x".into()],
+            vec!["sql".into(), "SELECT * FROM h.b.nope".into()],
+            "frame not found: h.b.nope",
+        ),
+        (
+            vec!["sql".into(), "SELECT * FROM h.nobox.t".into()],
+            "box not found: h.nobox",
+        ),
+        (
+            vec!["sql".into(), "SELECT * FROM nohive.b.t".into()],
+            "hive not found: nohive",
+        ),
+        (
+            vec!["sql".into(), "SELECT * FROM t".into()],
+            "needs a hive and box",
+        ),
+        (
+            vec!["sql".into(), "SELECT nocolumn FROM h.b.t".into()],
+            "nocolumn",
+        ),
+        (
+            vec!["sql".into(), "UPDATE h.b.t SET id = 2".into()],
+            "UPDATE is not supported yet",
+        ),
+        (
+            vec!["sql".into(), "DELETE FROM h.b.t".into()],
+            "DELETE is not supported yet",
+        ),
+        (
+            vec!["sql".into(), "CREATE VIEW v AS SELECT 1".into()],
+            "not supported",
+        ),
+        (
+            vec![
+                "sql".into(),
+                "INSERT INTO h.b.t VALUES ('abc', 1.0, 'x')".into(),
+            ],
+            "column id",
+        ),
+        (
+            vec![
+                "sql".into(),
+                "INSERT INTO h.b.t VALUES (2, 1.0, NULL)".into(),
+            ],
+            "null partition value in column p",
+        ),
+        (
+            vec!["sql".into(), "INSERT INTO h.b.t VALUES (2, 1.0)".into()],
+            "2 values per row for 3 columns",
+        ),
+        (
+            vec![
+                "sql".into(),
+                "INSERT INTO h.b.t (id, nope) VALUES (2, 1)".into(),
+            ],
+            "unknown column nope",
+        ),
+        (
+            vec![
+                "sql".into(),
+                "INSERT INTO h.b.t VALUES (1, 1.0, 'x'); SELEC".into(),
+            ],
+            "syntax error",
+        ),
+        (
+            vec![
+                "frame".into(),
+                "create".into(),
+                "h.b.u".into(),
+                "--schema".into(),
+                "a:varchar2000x".into(),
+            ],
             "unknown column type \"varchar2000x\"",
         ),
-        (vec!["frame".into(), "create".into(), "h.b.u".into(), "--schema".into(), "a".into()], "write name:type"),
-        (vec!["frame".into(), "create".into(), "h.b".into(), "--schema".into(), "a:int".into()], "expected hive.box.frame"),
-        (vec!["frame".into(), "create".into(), "h.b.t".into(), "--schema".into(), "a:int".into()], "different schema"),
-        (vec!["frame".into(), "create".into(), "h.b.bad name".into(), "--schema".into(), "a:int".into()], "bad frame name"),
+        (
+            vec![
+                "frame".into(),
+                "create".into(),
+                "h.b.u".into(),
+                "--schema".into(),
+                "a".into(),
+            ],
+            "write name:type",
+        ),
+        (
+            vec![
+                "frame".into(),
+                "create".into(),
+                "h.b".into(),
+                "--schema".into(),
+                "a:int".into(),
+            ],
+            "expected hive.box.frame",
+        ),
+        (
+            vec![
+                "frame".into(),
+                "create".into(),
+                "h.b.t".into(),
+                "--schema".into(),
+                "a:int".into(),
+            ],
+            "different schema",
+        ),
+        (
+            vec![
+                "frame".into(),
+                "create".into(),
+                "h.b.bad name".into(),
+                "--schema".into(),
+                "a:int".into(),
+            ],
+            "bad frame name",
+        ),
     ];
     for (args, want) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -151,29 +287,46 @@ fn malformed_input_gives_clear_errors_and_commits_nothing() {
     assert!(fails(&m, &["write", "h.b.t", "/no/such/file.csv"]).contains("cannot open"));
 
     assert_eq!(version(&m), v0, "no malformed input committed anything");
-    let out = ok(&m, &["sql", "SELECT count(*) AS n FROM h.b.t", "--format", "csv"]);
+    let out = ok(
+        &m,
+        &["sql", "SELECT count(*) AS n FROM h.b.t", "--format", "csv"],
+    );
     assert_eq!(out.trim(), "n\n1");
 }
 
 #[test]
 fn bad_uris_and_config_are_refused() {
     let m = common::local();
-    for (uri, want) in [("ftp://host/x", "unknown scheme ftp://"), ("s3://", "no bucket name"), ("", "it is empty")] {
+    for (uri, want) in [
+        ("ftp://host/x", "unknown scheme ftp://"),
+        ("s3://", "no bucket name"),
+        ("", "it is empty"),
+    ] {
         let mut cmd = m.cli_at(uri);
         let out = cmd.args(["hive", "list"]).output().unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("bad storage URI") && err.contains(want), "{uri}: {err}");
+        assert!(
+            err.contains("bad storage URI") && err.contains(want),
+            "{uri}: {err}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("apiary.toml");
     std::fs::write(&cfg, "[meadow]\nurl = 'x'\n").unwrap();
     let err = fails(&m, &["--config", cfg.to_str().unwrap(), "status"]);
-    assert!(err.contains("unknown field `url`") && err.contains("apiary.toml"), "{err}");
+    assert!(
+        err.contains("unknown field `url`") && err.contains("apiary.toml"),
+        "{err}"
+    );
     let err = fails(&m, &["--config", "/no/such/apiary.toml", "status"]);
     assert!(err.contains("cannot read config"), "{err}");
     let mut cmd = m.cli();
-    let out = cmd.env("APIARY_MEMORY_PER_BEE", "lots").arg("status").output().unwrap();
+    let out = cmd
+        .env("APIARY_MEMORY_PER_BEE", "lots")
+        .arg("status")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("APIARY_MEMORY_PER_BEE"));
 }

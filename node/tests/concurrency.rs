@@ -25,13 +25,21 @@ async fn eight_writers_s3() {
 
 async fn eight_writers(m: TestMeadow) {
     let ap = m.open().await;
-    sql(&ap, "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.t (writer BIGINT, seq BIGINT)").await;
+    sql(
+        &ap,
+        "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.t (writer BIGINT, seq BIGINT)",
+    )
+    .await;
     let children: Vec<_> = (0..WRITERS)
         .map(|w| {
             let script: String = (0..COMMITS)
                 .map(|i| format!("INSERT INTO h.b.t VALUES ({w}, {i});"))
                 .collect();
-            m.cli().args(["sql", &script]).stdout(std::process::Stdio::null()).spawn().unwrap()
+            m.cli()
+                .args(["sql", &script])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for mut c in children {
@@ -41,11 +49,22 @@ async fn eight_writers(m: TestMeadow) {
     let r = sql(&ap, "SELECT writer, seq FROM h.b.t").await;
     let writers = i64s(&r.batches, 0);
     let seqs = i64s(&r.batches, 1);
-    let rows: Vec<(i64, i64)> = writers.iter().zip(&seqs).map(|(w, s)| (w.unwrap(), s.unwrap())).collect();
+    let rows: Vec<(i64, i64)> = writers
+        .iter()
+        .zip(&seqs)
+        .map(|(w, s)| (w.unwrap(), s.unwrap()))
+        .collect();
     let unique: BTreeSet<_> = rows.iter().copied().collect();
-    assert_eq!(rows.len(), (WRITERS * COMMITS) as usize, "{}: every row once", m.label);
+    assert_eq!(
+        rows.len(),
+        (WRITERS * COMMITS) as usize,
+        "{}: every row once",
+        m.label
+    );
     assert_eq!(unique.len(), rows.len(), "{}: no duplicates", m.label);
-    let expected: BTreeSet<_> = (0..WRITERS).flat_map(|w| (0..COMMITS).map(move |i| (w, i))).collect();
+    let expected: BTreeSet<_> = (0..WRITERS)
+        .flat_map(|w| (0..COMMITS).map(move |i| (w, i)))
+        .collect();
     assert_eq!(unique, expected);
 
     let versions: BTreeSet<u64> = ap

@@ -67,83 +67,225 @@ async fn frame_suite(m: TestMeadow) {
 
     // DDL: hives, boxes, frames, idempotent re-creation, a different schema refused.
     sql(&ap, "CREATE HIVE warehouse; CREATE SCHEMA warehouse.sales").await;
-    assert!(!reg.create_hive("warehouse").await.unwrap(), "{label}: second create is a no-op");
-    sql(&ap, "CREATE TABLE warehouse.sales.orders (id BIGINT, p VARCHAR) PARTITIONED BY (p)").await;
-    let same = FrameDef::new("warehouse", "sales", "orders", cols(&[("id", "int64"), ("p", "string")]), vec!["p".into()]).unwrap();
-    assert!(!ap.frames().create_frame(&same).await.unwrap(), "identical definition is idempotent");
-    let other = FrameDef::new("warehouse", "sales", "orders", cols(&[("id", "int32"), ("p", "utf8")]), vec!["p".into()]).unwrap();
-    assert_eq!(ap.frames().create_frame(&other).await.unwrap_err().kind, ErrorKind::AlreadyExists);
+    assert!(
+        !reg.create_hive("warehouse").await.unwrap(),
+        "{label}: second create is a no-op"
+    );
+    sql(
+        &ap,
+        "CREATE TABLE warehouse.sales.orders (id BIGINT, p VARCHAR) PARTITIONED BY (p)",
+    )
+    .await;
+    let same = FrameDef::new(
+        "warehouse",
+        "sales",
+        "orders",
+        cols(&[("id", "int64"), ("p", "string")]),
+        vec!["p".into()],
+    )
+    .unwrap();
+    assert!(
+        !ap.frames().create_frame(&same).await.unwrap(),
+        "identical definition is idempotent"
+    );
+    let other = FrameDef::new(
+        "warehouse",
+        "sales",
+        "orders",
+        cols(&[("id", "int32"), ("p", "utf8")]),
+        vec!["p".into()],
+    )
+    .unwrap();
+    assert_eq!(
+        ap.frames().create_frame(&other).await.unwrap_err().kind,
+        ErrorKind::AlreadyExists
+    );
     assert_eq!(reg.list_hives().await.unwrap(), vec!["warehouse"]);
     assert_eq!(reg.list_boxes("warehouse").await.unwrap(), vec!["sales"]);
-    assert_eq!(reg.list_frames("warehouse", "sales").await.unwrap(), vec!["orders"]);
+    assert_eq!(
+        reg.list_frames("warehouse", "sales").await.unwrap(),
+        vec!["orders"]
+    );
     let e = reg.list_frames("warehouse", "nope").await.unwrap_err();
     assert_eq!(e.message, "box not found: warehouse.nope");
 
     // Append (version 1) through the API, then through SQL (version 2).
-    let r = ap.frames().append("warehouse", "sales", "orders", vec![batch(&[1, 2, 3, 4], &["x", "y", "z", "w"])], None).await.unwrap();
-    assert_eq!((r.version, r.rows_written, r.cells_written), (1, 4, 4), "{label}: one cell per partition");
+    let r = ap
+        .frames()
+        .append(
+            "warehouse",
+            "sales",
+            "orders",
+            vec![batch(&[1, 2, 3, 4], &["x", "y", "z", "w"])],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.version, r.rows_written, r.cells_written),
+        (1, 4, 4),
+        "{label}: one cell per partition"
+    );
     assert!(r.bytes_written > 0);
-    sql(&ap, "INSERT INTO warehouse.sales.orders VALUES (5, 'x'), (6, 'y'), (7, 'q')").await;
-    assert_eq!(scalar(&ap, "SELECT count(*) FROM warehouse.sales.orders").await, 7);
+    sql(
+        &ap,
+        "INSERT INTO warehouse.sales.orders VALUES (5, 'x'), (6, 'y'), (7, 'q')",
+    )
+    .await;
+    assert_eq!(
+        scalar(&ap, "SELECT count(*) FROM warehouse.sales.orders").await,
+        7
+    );
 
     // Partition pruning returns exactly the matching rows.
-    let r = sql(&ap, "SELECT id FROM warehouse.sales.orders WHERE p = 'x' OR p = 'y' ORDER BY id").await;
-    assert_eq!(i64s(&r.batches, 0), vec![Some(1), Some(2), Some(5), Some(6)], "{label}");
-    let cells = ap.frames().meadow().list_all("warehouse/sales/orders").await.unwrap();
-    assert!(cells.iter().any(|c| c.contains("/p=x/") && c.ends_with(".parquet")), "{cells:?}");
+    let r = sql(
+        &ap,
+        "SELECT id FROM warehouse.sales.orders WHERE p = 'x' OR p = 'y' ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        i64s(&r.batches, 0),
+        vec![Some(1), Some(2), Some(5), Some(6)],
+        "{label}"
+    );
+    let cells = ap
+        .frames()
+        .meadow()
+        .list_all("warehouse/sales/orders")
+        .await
+        .unwrap();
+    assert!(
+        cells
+            .iter()
+            .any(|c| c.contains("/p=x/") && c.ends_with(".parquet")),
+        "{cells:?}"
+    );
 
     // Two-part and one-part names after USE; joins across boxes; CTEs.
-    sql(&ap, "CREATE BOX warehouse.ref; CREATE TABLE warehouse.ref.names (id BIGINT, name TEXT); \
-              INSERT INTO warehouse.ref.names VALUES (1, 'one'), (5, 'five')").await;
-    let r = sql(&ap, "USE HIVE warehouse; USE BOX sales; \
+    sql(
+        &ap,
+        "CREATE BOX warehouse.ref; CREATE TABLE warehouse.ref.names (id BIGINT, name TEXT); \
+              INSERT INTO warehouse.ref.names VALUES (1, 'one'), (5, 'five')",
+    )
+    .await;
+    let r = sql(
+        &ap,
+        "USE HIVE warehouse; USE BOX sales; \
         WITH o AS (SELECT id FROM orders WHERE p = 'x') \
-        SELECT o.id FROM o JOIN ref.names n ON o.id = n.id ORDER BY o.id").await;
+        SELECT o.id FROM o JOIN ref.names n ON o.id = n.id ORDER BY o.id",
+    )
+    .await;
     assert_eq!(i64s(&r.batches, 0), vec![Some(1), Some(5)]);
 
     // Overwrite replaces every row in one commit; the old version stays readable.
-    let before = ap.frames().info("warehouse", "sales", "orders").await.unwrap();
-    sql(&ap, "INSERT OVERWRITE warehouse.sales.orders VALUES (100, 'x')").await;
-    let after = ap.frames().info("warehouse", "sales", "orders").await.unwrap();
+    let before = ap
+        .frames()
+        .info("warehouse", "sales", "orders")
+        .await
+        .unwrap();
+    sql(
+        &ap,
+        "INSERT OVERWRITE warehouse.sales.orders VALUES (100, 'x')",
+    )
+    .await;
+    let after = ap
+        .frames()
+        .info("warehouse", "sales", "orders")
+        .await
+        .unwrap();
     assert_eq!(after.version, before.version + 1);
     assert_eq!((after.row_count, after.cell_count), (1, 1));
-    let r = sql(&ap, &format!("SELECT count(*) FROM warehouse.sales.orders VERSION AS OF {}", before.version)).await;
+    let r = sql(
+        &ap,
+        &format!(
+            "SELECT count(*) FROM warehouse.sales.orders VERSION AS OF {}",
+            before.version
+        ),
+    )
+    .await;
     assert_eq!(i64s(&r.batches, 0), vec![Some(7)]);
 
     // Time travel to version 1: only the first append.
-    let r = sql(&ap, "SELECT id FROM warehouse.sales.orders VERSION AS OF 1 ORDER BY id").await;
-    assert_eq!(i64s(&r.batches, 0), vec![Some(1), Some(2), Some(3), Some(4)]);
-    let r = sql(&ap, "SELECT count(*) FROM frame_at('warehouse.sales.orders', 2)").await;
+    let r = sql(
+        &ap,
+        "SELECT id FROM warehouse.sales.orders VERSION AS OF 1 ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        i64s(&r.batches, 0),
+        vec![Some(1), Some(2), Some(3), Some(4)]
+    );
+    let r = sql(
+        &ap,
+        "SELECT count(*) FROM frame_at('warehouse.sales.orders', 2)",
+    )
+    .await;
     assert_eq!(i64s(&r.batches, 0), vec![Some(7)]);
-    let e = ap.sql("SELECT * FROM warehouse.sales.orders VERSION AS OF 99").await.unwrap_err();
+    let e = ap
+        .sql("SELECT * FROM warehouse.sales.orders VERSION AS OF 99")
+        .await
+        .unwrap_err();
     assert!(e.message.contains("has no version 99"), "{e}");
 
     // DESCRIBE and DROP.
     let r = sql(&ap, "DESCRIBE warehouse.sales.orders").await;
     assert_eq!(r.num_rows(), 2);
     sql(&ap, "DROP TABLE warehouse.sales.orders").await;
-    assert!(reg.list_frames("warehouse", "sales").await.unwrap().is_empty());
-    let e = ap.sql("SELECT * FROM warehouse.sales.orders").await.unwrap_err();
+    assert!(
+        reg.list_frames("warehouse", "sales")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = ap
+        .sql("SELECT * FROM warehouse.sales.orders")
+        .await
+        .unwrap_err();
     assert_eq!(e.message, "frame not found: warehouse.sales.orders");
     // Re-creating a dropped frame starts empty.
-    sql(&ap, "CREATE TABLE warehouse.sales.orders (id BIGINT, p VARCHAR) PARTITIONED BY (p)").await;
-    assert_eq!(scalar(&ap, "SELECT count(*) FROM warehouse.sales.orders").await, 0);
+    sql(
+        &ap,
+        "CREATE TABLE warehouse.sales.orders (id BIGINT, p VARCHAR) PARTITIONED BY (p)",
+    )
+    .await;
+    assert_eq!(
+        scalar(&ap, "SELECT count(*) FROM warehouse.sales.orders").await,
+        0
+    );
 }
 
 async fn checkpoint_replay(m: TestMeadow) {
     let ap = m.open().await;
-    sql(&ap, "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.log (id BIGINT, p TEXT)").await;
+    sql(
+        &ap,
+        "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.log (id BIGINT, p TEXT)",
+    )
+    .await;
     let mut expected_sum = 0;
     for i in 0..150i64 {
-        ap.frames().append("h", "b", "log", vec![batch(&[i], &["a"])], None).await.unwrap();
+        ap.frames()
+            .append("h", "b", "log", vec![batch(&[i], &["a"])], None)
+            .await
+            .unwrap();
         expected_sum += i;
     }
-    let log = ap.frames().meadow().list_all("h/b/log/_delta_log").await.unwrap();
+    let log = ap
+        .frames()
+        .meadow()
+        .list_all("h/b/log/_delta_log")
+        .await
+        .unwrap();
     assert!(
         log.iter().any(|p| p.ends_with(".checkpoint.parquet")),
         "a checkpoint after 100 commits: {log:?}"
     );
     // A fresh process replays checkpoint + 50 JSON entries.
-    let (ok, out, err) = m.run(&["sql", "SELECT count(*) AS n, sum(id) AS s FROM h.b.log", "--format", "csv"]);
+    let (ok, out, err) = m.run(&[
+        "sql",
+        "SELECT count(*) AS n, sum(id) AS s FROM h.b.log",
+        "--format",
+        "csv",
+    ]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("n,s\n150,{expected_sum}"));
     let info = ap.frames().info("h", "b", "log").await.unwrap();

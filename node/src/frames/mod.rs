@@ -215,7 +215,11 @@ impl Frames {
                 let e = Error::from(e).context(format!("opening frame {h}.{b}.{f}"));
                 let Some(v) = version else { return Err(e) };
                 // Asked for a version past the end: say so plainly.
-                let latest = self.builder(self.table_url(h, b, f))?.build()?.get_latest_version().await?;
+                let latest = self
+                    .builder(self.table_url(h, b, f))?
+                    .build()?
+                    .get_latest_version()
+                    .await?;
                 if v as u64 > latest {
                     return Err(Error::not_found(format!(
                         "frame {h}.{b}.{f} has no version {v} (latest is {latest})"

@@ -114,6 +114,14 @@ impl Session {
         // a script does not leave its first statements committed.
         for s in &statements {
             if let Statement::Query(q) = statement::parse(s)? {
+                // Names are not resolved yet (an earlier USE may change them): keep them as written.
+                let (q, _) = rewrite_time_travel(&q, |parts| {
+                    let mut p = parts.to_vec();
+                    while p.len() < 3 {
+                        p.insert(0, "_".into());
+                    }
+                    Ok((p[0].clone(), p[1].clone(), p[2].clone()))
+                })?;
                 self.ctx.state().sql_to_statement(&q, &Dialect::Generic)?;
             }
         }
@@ -294,7 +302,7 @@ impl Session {
 
     /// Run a query through DataFusion: rewrite time travel, bind frames, plan, execute.
     pub async fn query(&mut self, sql: &str) -> Result<QueryResult> {
-        let (sql, versions) = self.rewrite_time_travel(sql)?;
+        let (sql, versions) = rewrite_time_travel(sql, |parts| self.resolve(parts))?;
         for (h, b, f, v) in versions {
             self.bind((h, b, f, Some(v))).await?;
         }
@@ -334,89 +342,6 @@ impl Session {
         let provider = frame.table.table_provider().await?;
         self.bound.insert(key, provider);
         Ok(())
-    }
-
-    /// `h.b.f VERSION AS OF n` becomes `frame_at('h.b.f', n)`, and names inside `frame_at`
-    /// are completed with the current hive and box. Returns the versions to bind.
-    fn rewrite_time_travel(
-        &self,
-        sql: &str,
-    ) -> Result<(String, Vec<(String, String, String, i64)>)> {
-        let toks = statement::tokenize(sql)?;
-        let sig: Vec<usize> = (0..toks.len())
-            .filter(|&i| !matches!(toks[i], Token::Whitespace(_)))
-            .collect();
-        let word = |i: usize, kw: &str| matches!(&toks[i], Token::Word(Word { value, quote_style: None, .. }) if value.eq_ignore_ascii_case(kw));
-        let ident = |t: &Token| match t {
-            Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
-            Token::Word(w) => Some(w.value.to_ascii_lowercase()),
-            _ => None,
-        };
-        let number = |t: &Token| match t {
-            Token::Number(n, _) => n.parse::<i64>().ok(),
-            _ => None,
-        };
-        let mut out: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
-        let mut versions = Vec::new();
-        let mut k = 0;
-        while k < sig.len() {
-            // name VERSION AS OF n
-            if k + 3 < sig.len()
-                && word(sig[k], "VERSION")
-                && word(sig[k + 1], "AS")
-                && word(sig[k + 2], "OF")
-            {
-                let version = number(&toks[sig[k + 3]])
-                    .ok_or_else(|| Error::invalid("VERSION AS OF takes a whole number"))?;
-                // Walk back over `part(.part)*` before VERSION.
-                let mut first = k;
-                let mut parts = Vec::new();
-                loop {
-                    if first == 0 {
-                        break;
-                    }
-                    let Some(p) = ident(&toks[sig[first - 1]]) else {
-                        break;
-                    };
-                    parts.insert(0, p);
-                    first -= 1;
-                    if first > 0 && toks[sig[first - 1]] == Token::Period {
-                        first -= 1;
-                    } else {
-                        break;
-                    }
-                }
-                if parts.is_empty() {
-                    return Err(Error::invalid("VERSION AS OF must follow a frame name"));
-                }
-                let (h, b, f) = self.resolve(&parts)?;
-                for slot in &mut out[sig[first]..=sig[k + 3]] {
-                    slot.clear();
-                }
-                out[sig[first]] = format!("{FRAME_AT}('{h}.{b}.{f}', {version})");
-                versions.push((h, b, f, version));
-                k += 4;
-                continue;
-            }
-            // frame_at('name', n)
-            if k + 5 < sig.len()
-                && word(sig[k], FRAME_AT)
-                && toks[sig[k + 1]] == Token::LParen
-                && toks[sig[k + 3]] == Token::Comma
-                && toks[sig[k + 5]] == Token::RParen
-                && let Token::SingleQuotedString(name) = &toks[sig[k + 2]]
-                && let Some(version) = number(&toks[sig[k + 4]])
-            {
-                let parts: Vec<String> = name.split('.').map(str::to_string).collect();
-                let (h, b, f) = self.resolve(&parts)?;
-                out[sig[k + 2]] = format!("'{h}.{b}.{f}'");
-                versions.push((h, b, f, version));
-                k += 6;
-                continue;
-            }
-            k += 1;
-        }
-        Ok((out.concat(), versions))
     }
 
     async fn insert(
@@ -500,4 +425,91 @@ fn describe(info: &crate::frames::FrameInfo) -> Result<QueryResult> {
         ),
         ("version", Arc::new(Int64Array::from(vec![info.version; n]))),
     ])
+}
+
+/// `h.b.f VERSION AS OF n` becomes `frame_at('h.b.f', n)`, and names inside `frame_at`
+/// are completed with the current hive and box. Returns the versions to bind.
+type Resolved = (String, String, String);
+/// A frame at a version: hive, box, frame, version.
+type TableKeyAt = (String, String, String, i64);
+
+fn rewrite_time_travel(
+    sql: &str,
+    resolve: impl Fn(&[String]) -> Result<Resolved>,
+) -> Result<(String, Vec<TableKeyAt>)> {
+    let toks = statement::tokenize(sql)?;
+    let sig: Vec<usize> = (0..toks.len())
+        .filter(|&i| !matches!(toks[i], Token::Whitespace(_)))
+        .collect();
+    let word = |i: usize, kw: &str| matches!(&toks[i], Token::Word(Word { value, quote_style: None, .. }) if value.eq_ignore_ascii_case(kw));
+    let ident = |t: &Token| match t {
+        Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+        Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+        _ => None,
+    };
+    let number = |t: &Token| match t {
+        Token::Number(n, _) => n.parse::<i64>().ok(),
+        _ => None,
+    };
+    let mut out: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
+    let mut versions = Vec::new();
+    let mut k = 0;
+    while k < sig.len() {
+        // name VERSION AS OF n
+        if k + 3 < sig.len()
+            && word(sig[k], "VERSION")
+            && word(sig[k + 1], "AS")
+            && word(sig[k + 2], "OF")
+        {
+            let version = number(&toks[sig[k + 3]])
+                .ok_or_else(|| Error::invalid("VERSION AS OF takes a whole number"))?;
+            // Walk back over `part(.part)*` before VERSION.
+            let mut first = k;
+            let mut parts = Vec::new();
+            loop {
+                if first == 0 {
+                    break;
+                }
+                let Some(p) = ident(&toks[sig[first - 1]]) else {
+                    break;
+                };
+                parts.insert(0, p);
+                first -= 1;
+                if first > 0 && toks[sig[first - 1]] == Token::Period {
+                    first -= 1;
+                } else {
+                    break;
+                }
+            }
+            if parts.is_empty() {
+                return Err(Error::invalid("VERSION AS OF must follow a frame name"));
+            }
+            let (h, b, f) = resolve(&parts)?;
+            for slot in &mut out[sig[first]..=sig[k + 3]] {
+                slot.clear();
+            }
+            out[sig[first]] = format!("{FRAME_AT}('{h}.{b}.{f}', {version})");
+            versions.push((h, b, f, version));
+            k += 4;
+            continue;
+        }
+        // frame_at('name', n)
+        if k + 5 < sig.len()
+            && word(sig[k], FRAME_AT)
+            && toks[sig[k + 1]] == Token::LParen
+            && toks[sig[k + 3]] == Token::Comma
+            && toks[sig[k + 5]] == Token::RParen
+            && let Token::SingleQuotedString(name) = &toks[sig[k + 2]]
+            && let Some(version) = number(&toks[sig[k + 4]])
+        {
+            let parts: Vec<String> = name.split('.').map(str::to_string).collect();
+            let (h, b, f) = resolve(&parts)?;
+            out[sig[k + 2]] = format!("'{h}.{b}.{f}'");
+            versions.push((h, b, f, version));
+            k += 6;
+            continue;
+        }
+        k += 1;
+    }
+    Ok((out.concat(), versions))
 }

@@ -313,7 +313,10 @@ fn parse_create(mut c: Cursor) -> Result<Statement> {
         });
     }
     if !(c.keyword("TABLE") || c.keyword("FRAME")) {
-        let what = c.peek().map(|t| t.to_string().to_ascii_uppercase()).unwrap_or_default();
+        let what = c
+            .peek()
+            .map(|t| t.to_string().to_ascii_uppercase())
+            .unwrap_or_default();
         return Err(Error::unsupported(format!(
             "CREATE {what} is not supported: only CREATE HIVE|DATABASE, CREATE BOX|SCHEMA and CREATE TABLE|FRAME are"
         )));

@@ -71,7 +71,8 @@ impl TestMeadow {
         let mut c = Config::default();
         c.meadow.uri = Some(self.uri.clone());
         c.meadow.options = self.options.clone();
-        c.node.state_dir = std::env::temp_dir().join(format!("apiary-test-{}", uuid::Uuid::new_v4()));
+        c.node.state_dir =
+            std::env::temp_dir().join(format!("apiary-test-{}", uuid::Uuid::new_v4()));
         c
     }
 
@@ -88,7 +89,8 @@ impl TestMeadow {
     pub fn cli_at(&self, uri: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiary"));
         cmd.arg("--storage").arg(uri);
-        cmd.arg("--state-dir").arg(std::env::temp_dir().join("apiary-test-cli"));
+        cmd.arg("--state-dir")
+            .arg(std::env::temp_dir().join("apiary-test-cli"));
         cmd.env_remove("APIARY_CONFIG");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
@@ -118,7 +120,8 @@ pub fn i64s(batches: &[RecordBatch], col: usize) -> Vec<Option<i64>> {
     batches
         .iter()
         .flat_map(|b| {
-            let a = arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Int64).unwrap();
+            let a =
+                arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Int64).unwrap();
             let a = a.as_any().downcast_ref::<Int64Array>().unwrap().clone();
             (0..a.len()).map(move |i| a.is_valid(i).then(|| a.value(i)))
         })
