@@ -5,10 +5,12 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::bees::Resources;
+use arrow::array::RecordBatch;
+
+use crate::bees::{BeePool, BeeStatus, ColonyStatus, PoolConfig, Resources};
 use crate::config::Config;
-use crate::error::Result;
-use crate::frames::Frames;
+use crate::error::{Error, Result};
+use crate::frames::{Frames, WriteCtx, WriteReport};
 use crate::meadow::Meadow;
 use crate::sql::{QueryResult, Session};
 
@@ -17,7 +19,9 @@ const MIB: u64 = 1 << 20;
 pub struct Apiary {
     config: Config,
     name: String,
+    node_id: String,
     meadow: Meadow,
+    pool: BeePool,
     frames: Frames,
     resources: Resources,
     started_at: SystemTime,
@@ -27,6 +31,7 @@ pub struct Apiary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub name: String,
+    pub node_id: String,
     pub version: &'static str,
     pub cores: usize,
     pub memory_gb: f64,
@@ -46,10 +51,22 @@ impl Apiary {
         let resources = Resources::detect(&config.bees);
         let frames = Frames::new(meadow.clone(), resources.target_cell_size());
         let name = config.node.name.clone().unwrap_or_else(host_name);
+        let node_id = node_id(&config)?;
+        let pool = BeePool::new(
+            &resources,
+            PoolConfig {
+                task_timeout: config.bees.task_timeout.0,
+                queue_limit: config.bees.queue_limit,
+                colony: config.colony.clone(),
+            },
+            &config.node.state_dir,
+        )?;
         Ok(Apiary {
             config,
             name,
+            node_id,
             meadow,
+            pool,
             frames,
             resources,
             started_at: SystemTime::now(),
@@ -68,6 +85,14 @@ impl Apiary {
         &self.meadow
     }
 
+    pub fn pool(&self) -> &BeePool {
+        &self.pool
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     pub fn resources(&self) -> Resources {
         self.resources
     }
@@ -80,7 +105,35 @@ impl Apiary {
     pub fn session(&self) -> Session {
         let config = datafusion::prelude::SessionConfig::new()
             .with_target_partitions(self.resources.bees.max(1));
-        Session::with_context(self.frames.clone(), config)
+        Session::new(self.frames.clone(), self.pool.clone(), config)
+    }
+
+    /// Append rows to a frame, inside a chamber (the Delta writer's memory counts against the
+    /// bee's budget).
+    pub async fn write(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<WriteReport> {
+        self.pool
+            .run(&format!("write {h}.{b}.{f}"), async |chamber| {
+                let ctx = WriteCtx {
+                    txn: None,
+                    session: Some(crate::frames::write_session(chamber.runtime_env())),
+                };
+                self.frames.append(h, b, f, batches, ctx).await
+            })
+            .await
+    }
+
+    pub fn bee_status(&self) -> Vec<BeeStatus> {
+        self.pool.bee_status()
+    }
+
+    pub fn colony_status(&self) -> ColonyStatus {
+        self.pool.colony_status()
     }
 
     /// Run a `;`-separated script in a fresh session; one result per statement.
@@ -92,6 +145,7 @@ impl Apiary {
         let r = self.resources;
         Status {
             name: self.name.clone(),
+            node_id: self.node_id.clone(),
             version: env!("CARGO_PKG_VERSION"),
             cores: r.cores,
             memory_gb: (r.memory_bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0,
@@ -103,6 +157,30 @@ impl Apiary {
             state: "running",
         }
     }
+}
+
+/// The node id: configured, else kept in `<state_dir>/node_id` (made on first start).
+fn node_id(config: &Config) -> Result<String> {
+    if let Some(id) = &config.node.node_id {
+        crate::frames::registry::validate_name("node id", id)?;
+        return Ok(id.clone());
+    }
+    let dir = &config.node.state_dir;
+    let path = dir.join("node_id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::storage(format!("cannot create state dir {}: {e}", dir.display())))?;
+    let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    // Write-then-rename so a crash never leaves a half-written id.
+    let tmp = dir.join("node_id.tmp");
+    std::fs::write(&tmp, &id)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
 }
 
 fn host_name() -> String {

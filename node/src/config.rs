@@ -17,6 +17,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub meadow: MeadowConfig,
     pub bees: BeesConfig,
+    pub colony: crate::bees::ColonyConfig,
     pub log: LogConfig,
 }
 
@@ -27,6 +28,8 @@ pub struct NodeConfig {
     pub name: Option<String>,
     /// Node-local state: node id, scratch dirs, caches, and the default local meadow.
     pub state_dir: PathBuf,
+    /// Override the node id kept in the state dir.
+    pub node_id: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -34,6 +37,7 @@ impl Default for NodeConfig {
         NodeConfig {
             name: None,
             state_dir: PathBuf::from("apiary-data"),
+            node_id: None,
         }
     }
 }
@@ -58,6 +62,10 @@ pub struct BeesConfig {
     pub memory_per_bee: Option<ByteSize>,
     /// Share of the machine's (or cgroup's) memory the node may use.
     pub usable_fraction: f64,
+    /// Deadline of one task (a query, a write), e.g. `"300s"`, `"5m"`.
+    pub task_timeout: Duration,
+    /// Tasks that may wait for a free bee; default 4 × bees.
+    pub queue_limit: Option<usize>,
 }
 
 impl Default for BeesConfig {
@@ -66,6 +74,8 @@ impl Default for BeesConfig {
             count: None,
             memory_per_bee: None,
             usable_fraction: 0.7,
+            task_timeout: Duration(std::time::Duration::from_secs(300)),
+            queue_limit: None,
         }
     }
 }
@@ -146,6 +156,53 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A duration written as `300s`, `5m`, `250ms`, `1h` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+impl std::str::FromStr for Duration {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let bad = || {
+            Error::invalid(format!(
+                "bad duration {s:?}: write it like 300s, 5m or 250ms"
+            ))
+        };
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit.trim() {
+            "" | "s" => n,
+            "ms" => n / 1000.0,
+            "m" | "min" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(bad()),
+        };
+        if !secs.is_finite() || secs <= 0.0 {
+            return Err(bad());
+        }
+        Ok(Duration(std::time::Duration::from_secs_f64(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 impl Config {
     /// Read the file named by `path`, else by `APIARY_CONFIG`, else `/etc/apiary/apiary.toml`
     /// when it exists, else start from defaults; then apply `APIARY_*` variables.
@@ -195,6 +252,14 @@ impl Config {
                     .map_err(|e: Error| e.context("APIARY_MEMORY_PER_BEE"))?,
             );
         }
+        if let Some(v) = get("APIARY_TASK_TIMEOUT") {
+            self.bees.task_timeout = v
+                .parse()
+                .map_err(|e: Error| e.context("APIARY_TASK_TIMEOUT"))?;
+        }
+        if let Some(v) = get("APIARY_NODE_ID") {
+            self.node.node_id = Some(v);
+        }
         if let Some(v) = get("APIARY_LOG_FORMAT") {
             self.log.format = match v.as_str() {
                 "pretty" => LogFormat::Pretty,
@@ -222,7 +287,7 @@ impl Config {
         if self.bees.count == Some(0) {
             return Err(Error::invalid("bees.count = 0: need at least one bee"));
         }
-        Ok(())
+        self.colony.validate()
     }
 
     /// The meadow URI: configured, or a local directory under the state dir.
@@ -247,6 +312,22 @@ mod tests {
         for bad in ["", "MiB", "12 parsecs", "-3MiB"] {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad} should not parse");
         }
+    }
+
+    #[test]
+    fn durations_parse() {
+        let d = |s: &str| s.parse::<Duration>().map(|d| d.0);
+        assert_eq!(d("300s").unwrap(), std::time::Duration::from_secs(300));
+        assert_eq!(d("5m").unwrap(), std::time::Duration::from_secs(300));
+        assert_eq!(d("250ms").unwrap(), std::time::Duration::from_millis(250));
+        assert_eq!(d("2").unwrap(), std::time::Duration::from_secs(2));
+        for bad in ["", "0s", "soon", "-1s", "5 fortnights"] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        let c =
+            Config::from_toml("[bees]\ntask_timeout = \"2s\"\n[colony]\ncritical = 0.5").unwrap();
+        assert_eq!(c.bees.task_timeout.0, std::time::Duration::from_secs(2));
+        assert_eq!(c.colony.critical, 0.5);
     }
 
     #[test]

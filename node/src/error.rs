@@ -12,6 +12,8 @@ pub enum ErrorKind {
     InvalidInput,
     Busy,
     Timeout,
+    /// A task needed more memory (or disk) than its chamber allows.
+    ResourcesExhausted,
     Storage,
     Internal,
 }
@@ -100,7 +102,7 @@ impl From<datafusion::error::DataFusionError> for Error {
                 ErrorKind::InvalidInput
             }
             D::ArrowError(..) | D::Execution(_) => ErrorKind::InvalidInput,
-            D::ResourcesExhausted(_) => ErrorKind::Busy,
+            D::ResourcesExhausted(_) => ErrorKind::ResourcesExhausted,
             D::ObjectStore(_) | D::IoError(_) => ErrorKind::Storage,
             _ => ErrorKind::Internal,
         };

@@ -73,6 +73,10 @@ enum Command {
     },
     /// Node status
     Status,
+    /// The bees: state, task and memory of each
+    Bees,
+    /// The colony model: temperature, regulation band, retried and abandoned tasks
+    Colony,
 }
 
 #[derive(Subcommand)]
@@ -207,13 +211,9 @@ async fn run(command: Command, config: Config) -> Result<()> {
             file,
             format,
         } => write_file(&apiary, &frame, &file, format).await,
-        Command::Status => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&apiary.status()).map_err(Error::from)?
-            );
-            Ok(())
-        }
+        Command::Status => print_json(&apiary.status()),
+        Command::Bees => print_json(&apiary.bee_status()),
+        Command::Colony => print_json(&apiary.colony_status()),
     }
 }
 
@@ -303,10 +303,18 @@ async fn write_file(
         .await
         .map_err(|e| Error::internal(e.to_string()))?
         .map_err(|e| e.context(format!("reading {file}")))?;
-    let report = apiary.frames().append(&h, &b, &f, batches, None).await?;
+    let report = apiary.write(&h, &b, &f, batches).await?;
     eprintln!(
         "wrote {} rows in {} cells ({} bytes) to {frame}, version {}",
         report.rows_written, report.cells_written, report.bytes_written, report.version
+    );
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).map_err(Error::from)?
     );
     Ok(())
 }

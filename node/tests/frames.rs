@@ -111,13 +111,11 @@ async fn frame_suite(m: TestMeadow) {
 
     // Append (version 1) through the API, then through SQL (version 2).
     let r = ap
-        .frames()
-        .append(
+        .write(
             "warehouse",
             "sales",
             "orders",
             vec![batch(&[1, 2, 3, 4], &["x", "y", "z", "w"])],
-            None,
         )
         .await
         .unwrap();
@@ -263,8 +261,7 @@ async fn checkpoint_replay(m: TestMeadow) {
     .await;
     let mut expected_sum = 0;
     for i in 0..150i64 {
-        ap.frames()
-            .append("h", "b", "log", vec![batch(&[i], &["a"])], None)
+        ap.write("h", "b", "log", vec![batch(&[i], &["a"])])
             .await
             .unwrap();
         expected_sum += i;

@@ -1,5 +1,12 @@
-//! Bees: one worker slot per core, each with a memory budget. This module sizes them from
-//! the machine (cgroup limit or physical memory) and derives the leafcutter cell size.
+//! Bees: one worker slot per core, each with a memory budget enforced by its chamber. This
+//! module sizes them from the machine (cgroup limit or physical memory), derives the
+//! leafcutter cell size, and holds the pool and the colony model.
+
+pub mod colony;
+mod pool;
+
+pub use colony::{Band, Colony, ColonyConfig, ColonyStatus, Load, Verdict};
+pub use pool::{BeePool, BeeStatus, Chamber, PoolConfig, count_files};
 
 use crate::config::BeesConfig;
 

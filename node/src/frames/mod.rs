@@ -63,6 +63,22 @@ pub struct Txn {
     pub version: i64,
 }
 
+/// How a write is done: an exactly-once marker, and the DataFusion session (a chamber's) the
+/// Delta writer runs in.
+#[derive(Default, Clone)]
+pub struct WriteCtx {
+    pub txn: Option<Txn>,
+    pub session: Option<Arc<dyn datafusion::catalog::Session>>,
+}
+
+impl std::fmt::Debug for WriteCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteCtx")
+            .field("txn", &self.txn)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A frame opened at a version: its definition and its Delta table.
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -243,9 +259,9 @@ impl Frames {
         b: &str,
         f: &str,
         batches: Vec<RecordBatch>,
-        txn: Option<Txn>,
+        ctx: WriteCtx,
     ) -> Result<WriteReport> {
-        self.write(h, b, f, batches, SaveMode::Append, txn).await
+        self.write(h, b, f, batches, SaveMode::Append, ctx).await
     }
 
     /// Replace all rows in one commit: readers see the old rows or the new, never a mix.
@@ -255,9 +271,9 @@ impl Frames {
         b: &str,
         f: &str,
         batches: Vec<RecordBatch>,
+        ctx: WriteCtx,
     ) -> Result<WriteReport> {
-        self.write(h, b, f, batches, SaveMode::Overwrite, None)
-            .await
+        self.write(h, b, f, batches, SaveMode::Overwrite, ctx).await
     }
 
     async fn write(
@@ -267,7 +283,7 @@ impl Frames {
         f: &str,
         batches: Vec<RecordBatch>,
         mode: SaveMode,
-        txn: Option<Txn>,
+        ctx: WriteCtx,
     ) -> Result<WriteReport> {
         let started = Instant::now();
         let frame = self.open(h, b, f, None).await?;
@@ -295,12 +311,14 @@ impl Frames {
             conformed.push(RecordBatch::new_empty(schema.clone()));
         }
         let mut commit = CommitProperties::default().with_max_retries(COMMIT_RETRIES);
-        if let Some(t) = txn {
+        if let Some(t) = ctx.txn {
             commit = commit.with_application_transaction(Transaction::new(t.app_id, t.version));
         }
-        let table = frame
-            .table
-            .write(conformed)
+        let mut writer = frame.table.write(conformed);
+        if let Some(session) = ctx.session {
+            writer = writer.with_session_state(session);
+        }
+        let table = writer
             .with_save_mode(mode)
             .with_writer_properties(writer_properties())
             .with_target_file_size(NonZeroU64::new(self.cell_target_bytes))
@@ -338,6 +356,14 @@ impl Frames {
     pub async fn drop_frame(&self, h: &str, b: &str, f: &str) -> Result<()> {
         self.registry.drop_frame(h, b, f).await.map(|_| ())
     }
+}
+
+/// A DataFusion session for the Delta writer (its planner and settings) on `runtime`, so the
+/// write runs in a chamber's memory pool and scratch dir.
+pub fn write_session(
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> Arc<dyn datafusion::catalog::Session> {
+    Arc::new(deltalake::delta_datafusion::DeltaSessionContext::with_runtime_env(runtime).state())
 }
 
 /// Parquet cells: LZ4 (raw) compression and page-level statistics for pruning.

@@ -10,20 +10,27 @@ use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray,
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::TableReference;
 use datafusion::config::Dialect;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::tokenizer::{Token, Word};
 
 use self::catalog::{Bound, FRAME_AT, FrameAt, HiveList, TableKey};
 use self::statement::{Name, Statement};
+use crate::bees::{BeePool, Chamber};
 use crate::error::{Error, ErrorKind, Result};
-use crate::frames::{FrameDef, Frames};
+use crate::frames::{FrameDef, Frames, WriteCtx};
 
 /// The result of one statement: a schema and its batches (none for DDL).
 #[derive(Debug, Clone)]
 pub struct QueryResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// Bytes the query's operators spilled to the chamber's scratch dir.
+    pub spilled_bytes: u64,
 }
 
 impl QueryResult {
@@ -31,6 +38,7 @@ impl QueryResult {
         QueryResult {
             schema: Arc::new(Schema::empty()),
             batches: vec![],
+            spilled_bytes: 0,
         }
     }
 
@@ -45,6 +53,7 @@ impl QueryResult {
         Ok(QueryResult {
             schema,
             batches: vec![batch],
+            spilled_bytes: 0,
         })
     }
 
@@ -57,9 +66,11 @@ impl QueryResult {
     }
 }
 
-/// A SQL session: the current hive and box (`USE`) persist across its statements.
+/// A SQL session: the current hive and box (`USE`) persist across its statements. Each
+/// statement runs as one task in a bee chamber.
 pub struct Session {
     frames: Frames,
+    pool: BeePool,
     ctx: SessionContext,
     bound: Arc<Bound>,
     hive: Option<String>,
@@ -67,17 +78,18 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(frames: Frames) -> Session {
-        Self::with_context(frames, SessionConfig::new())
-    }
-
-    /// A session whose DataFusion context uses `config` (e.g. target partitions).
-    pub fn with_context(frames: Frames, config: SessionConfig) -> Session {
+    /// `config` is the DataFusion configuration (e.g. target partitions); planning uses a
+    /// runtime that shares the pool's object stores, execution the chamber's runtime.
+    pub fn new(frames: Frames, pool: BeePool, config: SessionConfig) -> Session {
         let bound = Arc::new(Bound::default());
         let config = config
             .with_information_schema(false)
             .with_create_default_catalog_and_schema(false);
-        let ctx = SessionContext::new_with_config(config);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(pool.object_stores())
+            .build_arc()
+            .expect("a runtime with default settings builds");
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_catalog_list(Arc::new(HiveList {
             bound: bound.clone(),
         }));
@@ -89,6 +101,7 @@ impl Session {
         );
         Session {
             frames,
+            pool,
             ctx,
             bound,
             hive: None,
@@ -132,16 +145,26 @@ impl Session {
         Ok(results)
     }
 
-    /// Run one statement.
+    /// Run one statement in a chamber.
     pub async fn run(&mut self, sql: &str) -> Result<QueryResult> {
-        let result = self.run_inner(sql).await;
+        let pool = self.pool.clone();
+        let result = pool
+            .run(sql, async |chamber| self.run_inner(chamber, sql).await)
+            .await;
         self.bound.clear();
         result
     }
 
-    async fn run_inner(&mut self, sql: &str) -> Result<QueryResult> {
+    /// The session's DataFusion state running on a chamber's runtime (memory pool, scratch).
+    fn state_in(&self, chamber: &Chamber<'_>) -> SessionState {
+        SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(chamber.runtime_env())
+            .build()
+    }
+
+    async fn run_inner(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
         match statement::parse(sql)? {
-            Statement::Query(q) => self.query(&q).await,
+            Statement::Query(q) => self.query(chamber, &q).await,
             Statement::UseHive(h) => {
                 self.frames.registry().require_hive(&h).await?;
                 self.set_scope(Some(h), None);
@@ -229,7 +252,10 @@ impl Session {
                 columns,
                 source,
                 overwrite,
-            } => self.insert(&name, columns, &source, overwrite).await,
+            } => {
+                self.insert(chamber, &name, columns, &source, overwrite)
+                    .await
+            }
         }
     }
 
@@ -300,13 +326,14 @@ impl Session {
         }
     }
 
-    /// Run a query through DataFusion: rewrite time travel, bind frames, plan, execute.
-    pub async fn query(&mut self, sql: &str) -> Result<QueryResult> {
+    /// Run a query through DataFusion: rewrite time travel, bind frames, plan, execute in
+    /// the chamber.
+    async fn query(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
         let (sql, versions) = rewrite_time_travel(sql, |parts| self.resolve(parts))?;
         for (h, b, f, v) in versions {
             self.bind((h, b, f, Some(v))).await?;
         }
-        let state = self.ctx.state();
+        let state = self.state_in(chamber);
         let stmt = state.sql_to_statement(&sql, &Dialect::Generic)?;
         let udtfs = state.table_functions();
         for reference in state.resolve_table_references(&stmt)? {
@@ -325,10 +352,24 @@ impl Session {
             .with_allow_dml(false)
             .verify_plan(&plan)
             .map_err(|e| Error::unsupported(e.strip_backtrace()))?;
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        Ok(QueryResult { schema, batches })
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let physical = state.create_physical_plan(&plan).await?;
+        let batches =
+            datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await?;
+        let spilled = spilled_bytes(physical.as_ref());
+        if spilled > 0 {
+            tracing::info!(
+                bee = %chamber.bee_id(),
+                spilled_bytes = spilled,
+                scratch = %chamber.scratch().display(),
+                "query spilled to the bee's scratch dir"
+            );
+        }
+        Ok(QueryResult {
+            schema,
+            batches,
+            spilled_bytes: spilled as u64,
+        })
     }
 
     /// Load a frame (at a version) and make it visible to the planner.
@@ -346,6 +387,7 @@ impl Session {
 
     async fn insert(
         &mut self,
+        chamber: &Chamber<'_>,
         name: &Name,
         columns: Vec<String>,
         source: &str,
@@ -353,7 +395,7 @@ impl Session {
     ) -> Result<QueryResult> {
         let (h, b, f) = self.resolve(name)?;
         let def = self.frames.registry().frame(&h, &b, &f).await?;
-        let rows = self.query(source).await?;
+        let rows = self.query(chamber, source).await?;
         let targets: Vec<String> = if columns.is_empty() {
             def.columns.iter().map(|c| c.name.clone()).collect()
         } else {
@@ -380,16 +422,29 @@ impl Session {
             .into_iter()
             .map(|batch| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let ctx = WriteCtx {
+            txn: None,
+            session: Some(crate::frames::write_session(chamber.runtime_env())),
+        };
         let report = if overwrite {
-            self.frames.overwrite(&h, &b, &f, batches).await?
+            self.frames.overwrite(&h, &b, &f, batches, ctx).await?
         } else {
-            self.frames.append(&h, &b, &f, batches, None).await?
+            self.frames.append(&h, &b, &f, batches, ctx).await?
         };
         QueryResult::single(vec![(
             "count",
             Arc::new(UInt64Array::from(vec![report.rows_written])),
         )])
     }
+}
+
+fn spilled_bytes(plan: &dyn ExecutionPlan) -> usize {
+    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0);
+    own + plan
+        .children()
+        .iter()
+        .map(|c| spilled_bytes(c.as_ref()))
+        .sum::<usize>()
 }
 
 fn describe(info: &crate::frames::FrameInfo) -> Result<QueryResult> {
