@@ -76,6 +76,40 @@ fn a_session_of_commands_round_trips() {
     let status: serde_json::Value = serde_json::from_str(&ok(&m, &["status"])).unwrap();
     assert_eq!(status["storage"], "local");
     assert!(status["bees"].as_u64().unwrap() >= 1);
+    assert!(status["node_id"].as_str().unwrap().starts_with("node-"));
+    for key in [
+        "name",
+        "cores",
+        "memory_gb",
+        "memory_per_bee_mb",
+        "target_cell_size_mb",
+        "state",
+    ] {
+        assert!(!status[key].is_null(), "status has {key}");
+    }
+    let bees: serde_json::Value = serde_json::from_str(&ok(&m, &["bees"])).unwrap();
+    let bee = &bees[0];
+    assert_eq!(bee["bee_id"], "bee-0");
+    assert_eq!(bee["state"], "idle");
+    for key in [
+        "task",
+        "memory_used",
+        "memory_budget",
+        "memory_used_mb",
+        "memory_budget_mb",
+    ] {
+        assert!(bee.get(key).is_some(), "bee status has {key}");
+    }
+    let colony: serde_json::Value = serde_json::from_str(&ok(&m, &["colony"])).unwrap();
+    assert_eq!(colony["regulation"], "cold");
+    for key in [
+        "temperature",
+        "setpoint",
+        "abandoned_tasks",
+        "retried_tasks",
+    ] {
+        assert!(!colony[key].is_null(), "colony status has {key}");
+    }
 }
 
 #[test]
