@@ -128,6 +128,19 @@ impl Apiary {
             .await
     }
 
+    /// Start MQTT ingestion (embedded broker unless `mqtt.url` is set).
+    pub async fn start_ingest(&self) -> Result<crate::ingest::Ingest> {
+        crate::ingest::Ingest::start(crate::ingest::IngestParts {
+            frames: self.frames.clone(),
+            pool: self.pool.clone(),
+            node_id: self.node_id.clone(),
+            state_dir: self.config.node.state_dir.clone(),
+            ingest: self.config.ingest.clone(),
+            mqtt: self.config.mqtt.clone(),
+        })
+        .await
+    }
+
     pub fn bee_status(&self) -> Vec<BeeStatus> {
         self.pool.bee_status()
     }

@@ -18,7 +18,108 @@ pub struct Config {
     pub meadow: MeadowConfig,
     pub bees: BeesConfig,
     pub colony: crate::bees::ColonyConfig,
+    pub mqtt: MqttConfig,
+    pub ingest: IngestConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// An external broker, `mqtt://host:port`; none: start the embedded broker.
+    pub url: Option<String>,
+    /// Where the embedded broker listens.
+    pub listen: String,
+    /// Client id (stable, for a persistent session); default `apiary-<node id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Messages the broker may send before we ack (our ack window).
+    pub inflight: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: None,
+            listen: "127.0.0.1:1883".into(),
+            client_id: None,
+            username: None,
+            password: None,
+            inflight: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Run ingestion in `apiary node`.
+    pub enabled: bool,
+    /// The route `apiary/<hive>/<box>/<frame>` (JSON payloads) besides the configured ones.
+    pub default_route: bool,
+    /// Create a missing frame from the first messages' inferred schema.
+    pub auto_create: bool,
+    /// Longest a message waits before its cell is committed.
+    pub max_latency: Duration,
+    /// Larger payloads are rejected.
+    pub max_payload: ByteSize,
+    /// Stop acking (the broker holds messages) when the write-ahead log is this large.
+    pub wal_max: ByteSize,
+    /// Group commit of the write-ahead log: at most this long, or this many messages.
+    pub flush_interval: Duration,
+    pub flush_messages: usize,
+    /// With an external broker, subscribe as `$share/<group>/<filter>` so that the nodes of
+    /// a swarm split the messages. Empty: plain subscriptions.
+    pub shared_group: String,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enabled: true,
+            default_route: true,
+            auto_create: true,
+            max_latency: Duration(std::time::Duration::from_secs(5)),
+            max_payload: ByteSize(256 << 10),
+            wal_max: ByteSize(256 << 20),
+            flush_interval: Duration(std::time::Duration::from_millis(5)),
+            flush_messages: 1000,
+            shared_group: "apiary".into(),
+            routes: vec![],
+        }
+    }
+}
+
+/// One `[[ingest.routes]]` entry: messages on `topic` go to `frame`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// MQTT topic filter, e.g. `sensors/+/temp`.
+    pub topic: String,
+    /// `hive.box.frame`
+    pub frame: String,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// Columns filled from topic levels: `device = "{1}"` takes the second level.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// A timestamp column set to the time the node received the message.
+    #[serde(default)]
+    pub received_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// One JSON object per message.
+    #[default]
+    Json,
+    /// JSON objects, one per line.
+    Jsonl,
+    /// One CSV line per message, columns in the frame's order.
+    Csv,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,8 +199,10 @@ impl Default for LogConfig {
     }
 }
 
-/// Our own info, others' warnings; Delta's commit retries under contention are routine.
-pub const DEFAULT_LOG: &str = "warn,apiary=info,deltalake_core::kernel::transaction=error";
+/// Our own info, others' warnings. Delta's commit retries under contention are routine, and
+/// the embedded broker logs every closed connection as an error.
+pub const DEFAULT_LOG: &str =
+    "warn,apiary=info,deltalake_core::kernel::transaction=error,rumqttd=off";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -259,6 +362,12 @@ impl Config {
         }
         if let Some(v) = get("APIARY_NODE_ID") {
             self.node.node_id = Some(v);
+        }
+        if let Some(v) = get("APIARY_MQTT_URL") {
+            self.mqtt.url = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = get("APIARY_MQTT_LISTEN") {
+            self.mqtt.listen = v;
         }
         if let Some(v) = get("APIARY_LOG_FORMAT") {
             self.log.format = match v.as_str() {

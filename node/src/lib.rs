@@ -5,6 +5,7 @@ pub mod bees;
 pub mod config;
 pub mod error;
 pub mod frames;
+pub mod ingest;
 pub mod input;
 pub mod meadow;
 pub mod sql;

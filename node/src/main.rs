@@ -77,6 +77,15 @@ enum Command {
     Bees,
     /// The colony model: temperature, regulation band, retried and abandoned tasks
     Colony,
+    /// MQTT ingestion of the node running with this state dir
+    #[command(subcommand)]
+    Ingest(IngestCmd),
+}
+
+#[derive(Subcommand)]
+enum IngestCmd {
+    /// Rates, write-ahead log depth, last commit, rejects
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +172,10 @@ fn load_config(cli: &Cli) -> Result<Config> {
 }
 
 async fn run(command: Command, config: Config) -> Result<()> {
+    if let Command::Ingest(IngestCmd::Status) = command {
+        // Read what the running node wrote; this process does not open the meadow.
+        return print_json(&apiary::ingest::read_status(&config.node.state_dir)?);
+    }
     let apiary = Apiary::open(config).await?;
     let registry = apiary.frames().registry();
     match command {
@@ -214,13 +227,20 @@ async fn run(command: Command, config: Config) -> Result<()> {
         Command::Status => print_json(&apiary.status()),
         Command::Bees => print_json(&apiary.bee_status()),
         Command::Colony => print_json(&apiary.colony_status()),
+        Command::Ingest(IngestCmd::Status) => unreachable!("handled before opening the meadow"),
     }
 }
 
 async fn run_node(apiary: &Apiary) -> Result<()> {
+    let ingest = if apiary.config().ingest.enabled {
+        Some(apiary.start_ingest().await?)
+    } else {
+        None
+    };
     let status = apiary.status();
     tracing::info!(
         name = %status.name,
+        node_id = %status.node_id,
         storage = %status.storage_uri,
         bees = status.bees,
         memory_per_bee_mb = status.memory_per_bee_mb,
@@ -231,6 +251,10 @@ async fn run_node(apiary: &Apiary) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
     }
+    if let Some(ingest) = ingest {
+        ingest.shutdown().await;
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 
