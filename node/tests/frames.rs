@@ -288,3 +288,42 @@ async fn checkpoint_replay(m: TestMeadow) {
     let info = ap.frames().info("h", "b", "log").await.unwrap();
     assert_eq!(info.version, 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_markers_are_read_back() {
+    let m = common::local();
+    let ap = m.open().await;
+    sql(
+        &ap,
+        "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.t (id BIGINT, p TEXT)",
+    )
+    .await;
+    assert_eq!(
+        ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
+        None
+    );
+    for v in [7, 42] {
+        let ctx = apiary::frames::WriteCtx {
+            txn: Some(apiary::frames::Txn {
+                app_id: "app".into(),
+                version: v,
+            }),
+            session: None,
+        };
+        ap.frames()
+            .append("h", "b", "t", vec![batch(&[v], &["a"])], ctx)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
+        Some(42)
+    );
+    assert_eq!(
+        ap.frames()
+            .txn_version("h", "b", "t", "other")
+            .await
+            .unwrap(),
+        None
+    );
+}

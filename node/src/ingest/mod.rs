@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use self::payload::Row;
@@ -58,8 +58,10 @@ struct State {
     /// Committed sequences not yet trimmed (kept for redelivery checks).
     committed: VecDeque<u64>,
     last_seq: u64,
-    /// packet id → sequence of the last message received with it
-    recent: HashMap<u16, u64>,
+    /// content hash (topic + payload) → (sequence, connection) of recent messages, and the
+    /// order they came in (to forget the oldest)
+    recent: HashMap<u64, (u64, u64)>,
+    recent_order: VecDeque<(u64, u64)>,
     /// txn versions we know per (frame, rejects?, route)
     versions: HashMap<(FrameName, bool, u32), i64>,
     /// bytes received and not yet committed
@@ -218,15 +220,25 @@ impl Ingest {
             })
             .collect();
         let (stop, stop_rx) = watch::channel(false);
+        let (subscribed, mut subscribed_rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(
-                inner
-                    .clone()
-                    .receive(client, eventloop, filters, stop_rx.clone()),
-            ),
+            tokio::spawn(inner.clone().receive(
+                client,
+                eventloop,
+                filters,
+                stop_rx.clone(),
+                subscribed,
+            )),
             tokio::spawn(inner.clone().commit_loop(stop_rx.clone())),
             tokio::spawn(inner.clone().status_loop(stop_rx)),
         ];
+        // Ready means subscribed: messages published from now on are ours. A broker that is
+        // not up yet is not fatal; the connection keeps retrying.
+        let wait =
+            tokio::time::timeout(Duration::from_secs(10), subscribed_rx.wait_for(|s| *s)).await;
+        if wait.is_err() {
+            tracing::warn!(broker = %inner.broker_desc, "not subscribed yet: the MQTT broker does not answer; retrying in the background");
+        }
         tracing::info!(broker = %inner.broker_desc, routes = inner.routes.len(), "ingest started");
         Ok(Ingest { inner, stop, tasks })
     }
@@ -323,13 +335,12 @@ impl Inner {
         for rec in records {
             let key = self.key_for(&rec);
             let main = self.version(&key.frame, false, key.route).await?;
-            let rejects = self
-                .version(&rejects_of(&key.frame), true, key.route)
-                .await?;
             let mut st = self.state.lock().expect("ingest lock");
             st.last_seq = st.last_seq.max(rec.seq);
-            st.recent.insert(rec.pkid, rec.seq);
-            if (rec.seq as i64) <= main.min(rejects) {
+            remember(&mut st, &rec, 0);
+            // Its rows are in (and its rejects, committed before them, too). Anything else
+            // goes back to a buffer, and commit() skips what either frame already has.
+            if (rec.seq as i64) <= main {
                 st.committed.push_back(rec.seq);
                 skipped += 1;
             } else {
@@ -373,17 +384,30 @@ impl Inner {
         backlog < cap && self.pool.acks_ingest()
     }
 
-    /// Is this redelivered message one we already have (same packet id, topic and bytes)?
-    fn is_redelivery(&self, p: &Publish) -> bool {
-        let seq = self
+    /// Is this a message we already have, sent again because our ack was lost? Brokers
+    /// flag such resends as DUP on a later connection, but may give them new packet ids
+    /// (mosquitto does), so: a DUP message whose topic and bytes match one received on an
+    /// earlier connection.
+    fn is_redelivery(&self, p: &Publish, connection: u64, unflushed: &[Record]) -> bool {
+        if !p.dup {
+            return false;
+        }
+        let seen = self
             .state
             .lock()
             .expect("ingest lock")
             .recent
-            .get(&p.pkid)
+            .get(&content_hash(&p.topic, &p.payload))
             .copied();
-        let Some(seq) = seq else { return false };
-        matches!(self.wal.get(seq), Ok(Some(r)) if r.topic == p.topic && r.payload == p.payload)
+        let Some((seq, seen_on)) = seen else {
+            return false;
+        };
+        if seen_on >= connection {
+            return false;
+        }
+        let same = |r: &Record| r.seq == seq && r.topic == p.topic && r.payload == p.payload;
+        unflushed.iter().any(same)
+            || matches!(self.wal.get(seq), Ok(Some(r)) if same(&r))
             || self.buffered(seq, p)
     }
 
@@ -395,85 +419,129 @@ impl Inner {
             .any(|r| r.seq == seq && r.topic == p.topic && r.payload == p.payload)
     }
 
-    async fn receive(
-        self: Arc<Self>,
+    /// Drive the MQTT connection in its own task (so no event is lost to a cancelled poll)
+    /// and hand publishes over a channel.
+    fn drive(
         client: AsyncClient,
         mut events: EventLoop,
         filters: Vec<String>,
+        tx: mpsc::Sender<(u64, Publish)>,
+        subscribed: watch::Sender<bool>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            // Connections are numbered from 1; what the WAL held at start counts as 0.
+            let mut connection = 0u64;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed.send(true);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send((connection, p)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        connection += 1;
+                        tracing::info!(
+                            session_present = ack.session_present,
+                            "connected to the MQTT broker"
+                        );
+                        // A persistent session keeps subscriptions; subscribing again is harmless.
+                        for f in &filters {
+                            if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                                tracing::warn!(filter = %f, error = %e, "subscribe failed");
+                            }
+                        }
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        })
+    }
+
+    fn record(&self, p: &Publish) -> Option<Record> {
+        let route = self.route_for(&p.topic)?;
+        let seq = match self.wal.next_seq() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "write-ahead log failed");
+                return None;
+            }
+        };
+        Some(Record {
+            seq,
+            route,
+            received_ms: now_ms(),
+            pkid: p.pkid,
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+        })
+    }
+
+    async fn receive(
+        self: Arc<Self>,
+        client: AsyncClient,
+        events: EventLoop,
+        filters: Vec<String>,
         mut stop: watch::Receiver<bool>,
+        subscribed: watch::Sender<bool>,
     ) {
+        let (tx, mut rx) = mpsc::channel::<(u64, Publish)>(self.config.flush_messages.max(1) * 4);
+        let driver = Self::drive(client.clone(), events, filters, tx, subscribed);
         let mut pending: Vec<Publish> = Vec::new();
         let mut records: Vec<Record> = Vec::new();
         let mut held: Vec<Publish> = Vec::new();
         let mut tick = tokio::time::interval(self.config.flush_interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut connected_once = false;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tick.tick() => {
                     self.flush(&client, &mut pending, &mut records, &mut held).await;
                 }
-                event = events.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        // A persistent session keeps subscriptions; subscribing again is harmless.
-                        if !ack.session_present || !connected_once {
-                            for f in &filters {
-                                if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                                    tracing::warn!(filter = %f, error = %e, "subscribe failed");
-                                }
-                            }
-                        }
-                        connected_once = true;
-                        tracing::info!(session_present = ack.session_present, "connected to the MQTT broker");
+                p = rx.recv() => {
+                    let Some((connection, p)) = p else { break };
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    if self.is_redelivery(&p, connection, &records) {
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(rec) = self.record(&p) {
+                        remember(&mut self.state.lock().expect("ingest lock"), &rec, connection);
+                        records.push(rec);
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        self.stats.received.fetch_add(1, Ordering::Relaxed);
-                        if p.dup && self.is_redelivery(&p) {
-                            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            pending.push(p); // ack it again, store nothing
-                            continue;
-                        }
-                        let Some(route) = self.route_for(&p.topic) else {
-                            pending.push(p);
-                            continue;
-                        };
-                        let seq = match self.wal.next_seq() {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::error!(error = %e, "write-ahead log failed; not acking");
-                                continue;
-                            }
-                        };
-                        records.push(Record {
-                            seq,
-                            route,
-                            received_ms: now_ms(),
-                            pkid: p.pkid,
-                            topic: p.topic.clone(),
-                            payload: p.payload.clone(),
-                        });
-                        pending.push(p);
-                        if pending.len() >= self.config.flush_messages {
-                            self.flush(&client, &mut pending, &mut records, &mut held).await;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Unroutable messages are acked too: no route wants them.
+                    pending.push(p);
+                    if pending.len() >= self.config.flush_messages {
+                        self.flush(&client, &mut pending, &mut records, &mut held).await;
                     }
                 }
             }
         }
+        // Store what already arrived, ack it, then leave cleanly.
+        while let Ok((_, p)) = rx.try_recv() {
+            if let Some(rec) = self.record(&p) {
+                records.push(rec);
+            }
+            pending.push(p);
+        }
         self.flush(&client, &mut pending, &mut records, &mut held)
             .await;
+        drop(rx);
         let _ = client.disconnect().await;
-        // Let the disconnect (and the last acks) go out.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while events.poll().await.is_ok() {}
-        })
-        .await;
+        if tokio::time::timeout(Duration::from_secs(2), driver)
+            .await
+            .is_err()
+        {
+            tracing::warn!("MQTT connection did not close in time");
+        }
     }
 
     /// Group commit: write and flush the WAL, then ack in receive order (unless the node is
@@ -500,7 +568,6 @@ impl Inner {
             let mut st = self.state.lock().expect("ingest lock");
             for rec in records.drain(..) {
                 st.last_seq = st.last_seq.max(rec.seq);
-                st.recent.insert(rec.pkid, rec.seq);
                 let key = self.key_for(&rec);
                 push(&mut st, key, rec);
             }
@@ -515,12 +582,19 @@ impl Inner {
                 .store(held.len() as u64, Ordering::Relaxed);
             return;
         }
-        self.stats.held_acks.store(0, Ordering::Relaxed);
-        for p in held.drain(..) {
-            if let Err(e) = client.ack(&p).await {
-                tracing::warn!(error = %e, "ack failed");
+        // Never wait on the connection here: it may be waiting for us to take publishes
+        // (a full request channel keeps the rest for the next tick).
+        let mut sent = 0;
+        for p in held.iter() {
+            if client.try_ack(p).is_err() {
+                break;
             }
+            sent += 1;
         }
+        held.drain(..sent);
+        self.stats
+            .held_acks
+            .store(held.len() as u64, Ordering::Relaxed);
     }
 
     async fn commit_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -570,6 +644,14 @@ impl Inner {
                     }
                 }
                 Err(e) => {
+                    // The commit may have landed before the error (say, a failed checkpoint):
+                    // forget the cached markers so the retry re-reads what is committed.
+                    {
+                        let mut st = self.state.lock().expect("ingest lock");
+                        st.versions.retain(|(f, _, r), _| {
+                            !(*r == key.route && (f == &key.frame || f == &rejects_of(&key.frame)))
+                        });
+                    }
                     tracing::warn!(frame = %format!("{}.{}.{}", key.frame.0, key.frame.1, key.frame.2), error = %e, "ingest commit failed; will retry");
                     let mut st = self.state.lock().expect("ingest lock");
                     let buf = st.buffers.entry(key).or_insert_with(|| Buffer {
@@ -838,6 +920,27 @@ impl Inner {
             && std::fs::write(&tmp, body).is_ok()
         {
             let _ = std::fs::rename(&tmp, &self.status_path);
+        }
+    }
+}
+
+fn content_hash(topic: &str, payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    payload.hash(&mut h);
+    h.finish()
+}
+
+/// Note a message for redelivery checks, forgetting the oldest past the window.
+fn remember(st: &mut State, rec: &Record, connection: u64) {
+    let h = content_hash(&rec.topic, &rec.payload);
+    st.recent.insert(h, (rec.seq, connection));
+    st.recent_order.push_back((h, rec.seq));
+    while st.recent_order.len() as u64 > DEDUPE_TAIL {
+        let (old, seq) = st.recent_order.pop_front().expect("not empty");
+        if st.recent.get(&old).is_some_and(|(s, _)| *s == seq) {
+            st.recent.remove(&old);
         }
     }
 }
