@@ -429,3 +429,36 @@ fn serve_ignoring_preconditions(stream: std::net::TcpStream) {
         }
     }
 }
+
+#[test]
+fn shell_reads_statements_across_lines_and_quits() {
+    let m = setup();
+    let mut child = m
+        .cli()
+        .arg("shell")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"USE HIVE h;\nSELECT count(*)\n  AS n FROM b.t;\nSELEC oops;\nSELECT 40 + 2 AS answer;\n\\q\nSELECT 'after quit';\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("| 1 |"),
+        "USE carried over and the count ran: {stdout}"
+    );
+    assert!(
+        stdout.contains("| 42     |"),
+        "an error does not end the shell: {stdout}"
+    );
+    assert!(!stdout.contains("after quit"), "\\q quits");
+    assert!(stderr.contains("syntax error"), "{stderr}");
+}

@@ -245,7 +245,7 @@ async fn hundred_thousand_messages_through_mosquitto() {
     let node = Node::start(&cfg, &s.log("a"));
     // mosquitto queues at most 65,535 messages per session (packet ids), so pace the
     // publisher to keep the backlog under that.
-    publish(&host, port, &topic, 0..100_000, Some(5_000), reading).await;
+    publish(&host, port, &topic, 0..100_000, Some(3_000), reading).await;
     let (n, d) = s.wait_for_rows(frame, 100_000, Duration::from_secs(180));
     assert_eq!((n, d), (100_000, 100_000), "every message once");
     node.stop();
