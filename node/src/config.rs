@@ -211,6 +211,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// `"64 MiB"` → (64.0, "MiB"): a number, then a unit (possibly empty).
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
+}
+
 /// A size in bytes written as `64MiB`, `1GiB`, `512MB`, `4096`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
@@ -218,14 +228,9 @@ pub struct ByteSize(pub u64);
 impl std::str::FromStr for ByteSize {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
         let bad = || Error::invalid(format!("bad size {s:?}: write it like 64MiB, 1GiB or 4096"));
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (n, unit) = number_and_unit(s).ok_or_else(bad)?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
             "kib" => 1 << 10,
@@ -266,18 +271,13 @@ pub struct Duration(pub std::time::Duration);
 impl std::str::FromStr for Duration {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
         let bad = || {
             Error::invalid(format!(
                 "bad duration {s:?}: write it like 300s, 5m or 250ms"
             ))
         };
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        let secs = match unit.trim() {
+        let (n, unit) = number_and_unit(s).ok_or_else(bad)?;
+        let secs = match unit {
             "" | "s" => n,
             "ms" => n / 1000.0,
             "m" | "min" => n * 60.0,
