@@ -327,3 +327,41 @@ async fn exactly_once_markers_are_read_back() {
         None
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_markers_survive_checkpoints() {
+    let m = common::local();
+    let ap = m.open().await;
+    sql(
+        &ap,
+        "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.t (id BIGINT, p TEXT)",
+    )
+    .await;
+    for v in 1..=105i64 {
+        let ctx = apiary::frames::WriteCtx {
+            txn: Some(apiary::frames::Txn {
+                app_id: "app".into(),
+                version: v,
+            }),
+            session: None,
+        };
+        ap.frames()
+            .append("h", "b", "t", vec![batch(&[v], &["a"])], ctx)
+            .await
+            .unwrap();
+    }
+    let log = ap
+        .frames()
+        .meadow()
+        .list_all("h/b/t/_delta_log")
+        .await
+        .unwrap();
+    assert!(
+        log.iter().any(|p| p.ends_with(".checkpoint.parquet")),
+        "a checkpoint was written"
+    );
+    assert_eq!(
+        ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
+        Some(105)
+    );
+}
