@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::frames::{Frames, WriteCtx, WriteReport};
 use crate::meadow::Meadow;
 use crate::sql::{QueryResult, Session};
+use crate::udf::Udfs;
 
 const MIB: u64 = 1 << 20;
 
@@ -23,6 +24,7 @@ pub struct Apiary {
     meadow: Meadow,
     pool: BeePool,
     frames: Frames,
+    udfs: Udfs,
     resources: Resources,
     started_at: SystemTime,
 }
@@ -61,6 +63,7 @@ impl Apiary {
             },
             &config.node.state_dir,
         )?;
+        let udfs = Udfs::new(meadow.clone(), &config.node.state_dir, config.udf.timeout.0)?;
         Ok(Apiary {
             config,
             name,
@@ -68,6 +71,7 @@ impl Apiary {
             meadow,
             pool,
             frames,
+            udfs,
             resources,
             started_at: SystemTime::now(),
         })
@@ -83,6 +87,10 @@ impl Apiary {
 
     pub fn meadow(&self) -> &Meadow {
         &self.meadow
+    }
+
+    pub fn udfs(&self) -> &Udfs {
+        &self.udfs
     }
 
     pub fn pool(&self) -> &BeePool {
@@ -105,7 +113,12 @@ impl Apiary {
     pub fn session(&self) -> Session {
         let config = datafusion::prelude::SessionConfig::new()
             .with_target_partitions(self.resources.bees.max(1));
-        Session::new(self.frames.clone(), self.pool.clone(), config)
+        Session::new(
+            self.frames.clone(),
+            self.pool.clone(),
+            self.udfs.clone(),
+            config,
+        )
     }
 
     /// Append rows to a frame, inside a chamber (the Delta writer's memory counts against the

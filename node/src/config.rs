@@ -20,6 +20,7 @@ pub struct Config {
     pub colony: crate::bees::ColonyConfig,
     pub mqtt: MqttConfig,
     pub ingest: IngestConfig,
+    pub udf: UdfConfig,
     pub log: LogConfig,
 }
 
@@ -156,6 +157,21 @@ pub struct MeadowConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct UdfConfig {
+    /// Time one UDF call (one record batch) may take, e.g. `"5s"`.
+    pub timeout: Duration,
+}
+
+impl Default for UdfConfig {
+    fn default() -> Self {
+        UdfConfig {
+            timeout: Duration(std::time::Duration::from_secs(5)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BeesConfig {
     /// Worker slots; defaults to the number of CPU cores.
     pub count: Option<usize>,
@@ -268,6 +284,17 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duration(pub std::time::Duration);
 
+impl std::fmt::Display for Duration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
 impl std::str::FromStr for Duration {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -359,6 +386,11 @@ impl Config {
             self.bees.task_timeout = v
                 .parse()
                 .map_err(|e: Error| e.context("APIARY_TASK_TIMEOUT"))?;
+        }
+        if let Some(v) = get("APIARY_UDF_TIMEOUT") {
+            self.udf.timeout = v
+                .parse()
+                .map_err(|e: Error| e.context("APIARY_UDF_TIMEOUT"))?;
         }
         if let Some(v) = get("APIARY_NODE_ID") {
             self.node.node_id = Some(v);

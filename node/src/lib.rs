@@ -10,6 +10,7 @@ pub mod input;
 pub mod meadow;
 pub mod sql;
 pub mod telemetry;
+pub mod udf;
 
 pub use api::Apiary;
 pub use error::{Error, ErrorKind, Result};

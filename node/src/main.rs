@@ -71,6 +71,9 @@ enum Command {
         #[arg(long, value_enum)]
         format: Option<InputFormat>,
     },
+    /// SQL functions compiled to WebAssembly components (shared by every node of the meadow)
+    #[command(subcommand, alias = "function")]
+    Udf(UdfCmd),
     /// Node status
     Status,
     /// The bees: state, task and memory of each
@@ -86,6 +89,23 @@ enum Command {
 enum IngestCmd {
     /// Rates, write-ahead log depth, last commit, rejects
     Status,
+}
+
+#[derive(Subcommand)]
+enum UdfCmd {
+    /// Upload a component (cargo build --target wasm32-wasip2 --release) as function NAME
+    Add {
+        name: String,
+        file: String,
+        /// Replace a function of that name that has another component
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Name, signature and hash of every function
+    List,
+    /// Remove a function
+    #[command(alias = "remove")]
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +155,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     telemetry::init(config.log.format, &config.log.level);
+    apiary::bees::return_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -224,6 +245,25 @@ async fn run(command: Command, config: Config) -> Result<()> {
             file,
             format,
         } => write_file(&apiary, &frame, &file, format).await,
+        Command::Udf(UdfCmd::Add {
+            name,
+            file,
+            replace,
+        }) => {
+            let wasm = std::fs::read(&file)
+                .map_err(|e| Error::invalid(format!("cannot read {file}: {e}")))?;
+            let m = apiary.udfs().add(&name, wasm.into(), replace).await?;
+            println!(
+                "{}({}) -> {}  sha256 {}",
+                m.name,
+                m.args.join(", "),
+                m.returns,
+                m.sha256
+            );
+            Ok(())
+        }
+        Command::Udf(UdfCmd::List) => print_json(&apiary.udfs().list().await?),
+        Command::Udf(UdfCmd::Rm { name }) => apiary.udfs().remove(&name).await,
         Command::Status => print_json(&apiary.status()),
         Command::Bees => print_json(&apiary.bee_status()),
         Command::Colony => print_json(&apiary.colony_status()),

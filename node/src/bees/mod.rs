@@ -12,6 +12,20 @@ use crate::config::BeesConfig;
 
 const MIB: u64 = 1 << 20;
 
+/// Make freed memory go back to the system: glibc otherwise keeps large freed blocks in
+/// per-thread arenas (and raises its mmap threshold after each big free), so a node's RSS
+/// would stay at its peak after one big query or UDF batch. On a 1 GiB board the peak must
+/// be temporary. Called once at process start (the binary, the Python module).
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before the runtime starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// What this node has to work with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resources {

@@ -23,6 +23,7 @@ use self::statement::{Name, Statement};
 use crate::bees::{BeePool, Chamber};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frames::{FrameDef, Frames, WriteCtx};
+use crate::udf::Udfs;
 
 /// The result of one statement: a schema and its batches (none for DDL).
 #[derive(Debug, Clone)]
@@ -73,6 +74,7 @@ pub struct Session {
     pool: BeePool,
     ctx: SessionContext,
     bound: Arc<Bound>,
+    udfs: Udfs,
     hive: Option<String>,
     box_name: Option<String>,
 }
@@ -80,7 +82,7 @@ pub struct Session {
 impl Session {
     /// `config` is the DataFusion configuration (e.g. target partitions); planning uses a
     /// runtime that shares the pool's object stores, execution the chamber's runtime.
-    pub fn new(frames: Frames, pool: BeePool, config: SessionConfig) -> Session {
+    pub fn new(frames: Frames, pool: BeePool, udfs: Udfs, config: SessionConfig) -> Session {
         let bound = Arc::new(Bound::default());
         let config = config
             .with_information_schema(false)
@@ -102,6 +104,7 @@ impl Session {
         Session {
             frames,
             pool,
+            udfs,
             ctx,
             bound,
             hive: None,
@@ -247,6 +250,27 @@ impl Session {
                     other => other.map(|_| QueryResult::empty()),
                 }
             }
+            Statement::CreateFunction {
+                name,
+                source,
+                replace,
+            } => {
+                let path = source.strip_prefix("file://").unwrap_or(&source);
+                if path.contains("://") {
+                    return Err(Error::unsupported(format!(
+                        "CREATE FUNCTION {name}: {source} is not a local path; give a path (or file:// URI) on this node, or upload with `apiary udf add`"
+                    )));
+                }
+                let wasm = tokio::fs::read(path).await.map_err(|e| {
+                    Error::invalid(format!("CREATE FUNCTION {name}: cannot read {path}: {e}"))
+                })?;
+                self.udfs.add(&name, wasm.into(), replace).await?;
+                Ok(QueryResult::empty())
+            }
+            Statement::DropFunction { name, if_exists } => match self.udfs.remove(&name).await {
+                Err(e) if e.kind == ErrorKind::NotFound && if_exists => Ok(QueryResult::empty()),
+                other => other.map(|_| QueryResult::empty()),
+            },
             Statement::Insert {
                 name,
                 columns,
@@ -333,8 +357,9 @@ impl Session {
         for (h, b, f, v) in versions {
             self.bind((h, b, f, Some(v))).await?;
         }
-        let state = self.state_in(chamber);
+        let mut state = self.state_in(chamber);
         let stmt = state.sql_to_statement(&sql, &Dialect::Generic)?;
+        self.register_udfs(&mut state, &stmt, chamber).await?;
         let udtfs = state.table_functions();
         for reference in state.resolve_table_references(&stmt)? {
             if let TableReference::Bare { table } = &reference
@@ -370,6 +395,54 @@ impl Session {
             batches,
             spilled_bytes: spilled as u64,
         })
+    }
+
+    /// Make the meadow's UDFs that the statement calls known to its planner, bound to the
+    /// chamber's memory pool and deadline.
+    async fn register_udfs(
+        &self,
+        state: &mut SessionState,
+        stmt: &datafusion::sql::parser::Statement,
+        chamber: &Chamber<'_>,
+    ) -> Result<()> {
+        use datafusion::execution::FunctionRegistry;
+        use datafusion::sql::sqlparser::ast::{Expr, ObjectNamePart, visit_expressions};
+        use std::ops::ControlFlow;
+        let datafusion::sql::parser::Statement::Statement(ast) = stmt else {
+            return Ok(());
+        };
+        let mut names = std::collections::BTreeSet::new();
+        let _ = visit_expressions(ast.as_ref(), |e| {
+            if let Expr::Function(f) = e
+                && let [ObjectNamePart::Identifier(id)] = f.name.0.as_slice()
+            {
+                names.insert(match id.quote_style {
+                    Some(_) => id.value.clone(),
+                    None => id.value.to_ascii_lowercase(),
+                });
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        for name in names {
+            if state.scalar_functions().contains_key(&name)
+                || state.aggregate_functions().contains_key(&name)
+                || state.window_functions().contains_key(&name)
+            {
+                continue;
+            }
+            if let Some(manifest) = self.udfs.get(&name).await? {
+                let udf = self
+                    .udfs
+                    .scalar(
+                        &manifest,
+                        chamber.runtime_env().memory_pool.clone(),
+                        chamber.deadline(),
+                    )
+                    .await?;
+                state.register_udf(Arc::new(udf))?;
+            }
+        }
+        Ok(())
     }
 
     /// Load a frame (at a version) and make it visible to the planner.

@@ -45,6 +45,16 @@ pub enum Statement {
         source: String,
         overwrite: bool,
     },
+    /// `CREATE [OR REPLACE] FUNCTION name AS 'path' [LANGUAGE wasm]`
+    CreateFunction {
+        name: String,
+        source: String,
+        replace: bool,
+    },
+    DropFunction {
+        name: String,
+        if_exists: bool,
+    },
     /// Anything else: a query (or statement) for DataFusion.
     Query(String),
 }
@@ -252,7 +262,13 @@ pub fn parse(sql: &str) -> Result<Statement> {
     } else if c.keyword("CREATE") {
         return parse_create(c);
     } else if c.keyword("DROP") {
-        if c.keyword("TABLE") || c.keyword("FRAME") {
+        if c.keyword("FUNCTION") {
+            let if_exists = c.keywords(&["IF", "EXISTS"]);
+            Statement::DropFunction {
+                name: one_part(c.name("a function name")?, "function")?,
+                if_exists,
+            }
+        } else if c.keyword("TABLE") || c.keyword("FRAME") {
             let if_exists = c.keywords(&["IF", "EXISTS"]);
             Statement::DropFrame {
                 name: c.name("a frame name")?,
@@ -260,7 +276,7 @@ pub fn parse(sql: &str) -> Result<Statement> {
             }
         } else {
             return Err(Error::unsupported(format!(
-                "{} is not supported: only DROP TABLE (or DROP FRAME) is",
+                "{} is not supported: only DROP TABLE (or DROP FRAME) and DROP FUNCTION are",
                 first_words(sql, 2)
             )));
         }
@@ -291,6 +307,13 @@ fn first_words(sql: &str, n: usize) -> String {
 }
 
 fn parse_create(mut c: Cursor) -> Result<Statement> {
+    let replace = c.keywords(&["OR", "REPLACE"]);
+    if replace || c.keyword("FUNCTION") {
+        if replace && !c.keyword("FUNCTION") {
+            return Err(c.error("FUNCTION (OR REPLACE is for functions only)"));
+        }
+        return parse_create_function(c, replace);
+    }
     if c.keyword("HIVE") || c.keyword("DATABASE") || c.keyword("CATALOG") {
         let if_not_exists = c.keywords(&["IF", "NOT", "EXISTS"]);
         let name = one_part(c.name("a hive name")?, "hive")?;
@@ -381,6 +404,33 @@ fn parse_create(mut c: Cursor) -> Result<Statement> {
         columns,
         partition_by,
         if_not_exists,
+    })
+}
+
+/// `name AS 'path-or-file-uri' [LANGUAGE wasm]`, after `CREATE [OR REPLACE] FUNCTION`.
+fn parse_create_function(mut c: Cursor, replace: bool) -> Result<Statement> {
+    let name = one_part(c.name("a function name")?, "function")?;
+    if !c.keyword("AS") {
+        return Err(c.error("AS '<path to the .wasm component>'"));
+    }
+    let source = match c.peek() {
+        Some(Token::SingleQuotedString(s)) => s.clone(),
+        _ => return Err(c.error("a quoted path, e.g. AS '/path/udf.wasm'")),
+    };
+    c.pos += 1;
+    if c.keyword("LANGUAGE") {
+        let language = c.ident("a language")?;
+        if !language.eq_ignore_ascii_case("wasm") {
+            return Err(Error::unsupported(format!(
+                "LANGUAGE {language} is not supported: functions are WebAssembly components (LANGUAGE wasm)"
+            )));
+        }
+    }
+    c.end()?;
+    Ok(Statement::CreateFunction {
+        name,
+        source,
+        replace,
     })
 }
 
@@ -547,6 +597,33 @@ mod tests {
     }
 
     #[test]
+    fn function_statements() {
+        assert_eq!(
+            parse("create function C2F as '/tmp/c.wasm' language WASM").unwrap(),
+            Statement::CreateFunction {
+                name: "c2f".into(),
+                source: "/tmp/c.wasm".into(),
+                replace: false,
+            }
+        );
+        assert_eq!(
+            parse("CREATE OR REPLACE FUNCTION f AS 'file:///x.wasm'").unwrap(),
+            Statement::CreateFunction {
+                name: "f".into(),
+                source: "file:///x.wasm".into(),
+                replace: true,
+            }
+        );
+        assert_eq!(
+            parse("DROP FUNCTION IF EXISTS f").unwrap(),
+            Statement::DropFunction {
+                name: "f".into(),
+                if_exists: true,
+            }
+        );
+    }
+
+    #[test]
     fn malformed_statements_are_clear_errors() {
         for (sql, want) in [
             ("USE", "expected"),
@@ -559,6 +636,17 @@ mod tests {
             ("DESCRIBE a.b.c.d", "more than three parts"),
             ("SELECT 'unterminated", "syntax error"),
             ("DROP VIEW v", "not supported"),
+            ("CREATE FUNCTION f", "AS '<path"),
+            ("CREATE FUNCTION f AS x", "quoted path"),
+            (
+                "CREATE FUNCTION f AS 'f.wasm' LANGUAGE python",
+                "LANGUAGE python is not supported",
+            ),
+            (
+                "CREATE OR REPLACE TABLE t (a int)",
+                "OR REPLACE is for functions",
+            ),
+            ("DROP FUNCTION a.b", "one part"),
         ] {
             let e = parse(sql).unwrap_err();
             assert!(e.message.contains(want), "{sql}: {e}");

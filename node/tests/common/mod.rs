@@ -87,10 +87,14 @@ impl TestMeadow {
 
     /// The `apiary` binary with this meadow's environment but another storage URI.
     pub fn cli_at(&self, uri: &str) -> Command {
+        self.cli_node(uri, &std::env::temp_dir().join("apiary-test-cli"))
+    }
+
+    /// The `apiary` binary as a node with its own state dir (its own UDF cache, WAL, ...).
+    pub fn cli_node(&self, uri: &str, state_dir: &std::path::Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_apiary"));
         cmd.arg("--storage").arg(uri);
-        cmd.arg("--state-dir")
-            .arg(std::env::temp_dir().join("apiary-test-cli"));
+        cmd.arg("--state-dir").arg(state_dir);
         cmd.env_remove("APIARY_CONFIG");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
@@ -132,4 +136,32 @@ pub fn i64s(batches: &[RecordBatch], col: usize) -> Vec<Option<i64>> {
 pub async fn scalar(apiary: &Apiary, q: &str) -> i64 {
     let r = sql(apiary, q).await;
     i64s(&r.batches, 0)[0].unwrap()
+}
+
+/// Where `cargo build -p apiary-udf --examples --target wasm32-wasip2 --release` puts the
+/// components: the target dir this test binary was built in.
+pub fn udf_examples() -> std::path::PathBuf {
+    let dir = match std::env::var("APIARY_UDF_EXAMPLES") {
+        Ok(d) => std::path::PathBuf::from(d),
+        Err(_) => {
+            let exe = std::env::current_exe().unwrap();
+            // <target>/debug/deps/udf-<hash>
+            let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+            target.join("wasm32-wasip2/release/examples")
+        }
+    };
+    assert!(
+        dir.join("celsius_to_f.wasm").exists(),
+        "no UDF examples in {}: build them first with `cargo build -p apiary-udf --examples --target wasm32-wasip2 --release` (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn udf_example(name: &str) -> std::path::PathBuf {
+    udf_examples().join(format!("{name}.wasm"))
+}
+
+pub fn udf_wasm(name: &str) -> bytes::Bytes {
+    std::fs::read(udf_example(name)).unwrap().into()
 }
