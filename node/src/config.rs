@@ -469,6 +469,12 @@ mod tests {
             Config::from_toml("[bees]\ntask_timeout = \"2s\"\n[colony]\ncritical = 0.5").unwrap();
         assert_eq!(c.bees.task_timeout.0, std::time::Duration::from_secs(2));
         assert_eq!(c.colony.critical, 0.5);
+        assert_eq!(Config::default().udf.timeout.to_string(), "5s");
+        let mut c = Config::from_toml("[udf]\ntimeout = \"750ms\"").unwrap();
+        assert_eq!(c.udf.timeout.to_string(), "750ms");
+        c.apply_env(|k| (k == "APIARY_UDF_TIMEOUT").then(|| "2s".into()))
+            .unwrap();
+        assert_eq!(c.udf.timeout.0, std::time::Duration::from_secs(2));
     }
 
     #[test]
@@ -502,5 +508,11 @@ mod tests {
             .apply_env(|k| (k == "APIARY_BEES").then(|| "zero".into()))
             .unwrap_err();
         assert!(e.message.contains("APIARY_BEES"), "{e}");
+        let e = c
+            .apply_env(|k| (k == "APIARY_UDF_TIMEOUT").then(|| "forever".into()))
+            .unwrap_err();
+        assert!(e.message.contains("APIARY_UDF_TIMEOUT"), "{e}");
+        let e = Config::from_toml("[udf]\nmemory = \"1GiB\"").unwrap_err();
+        assert!(e.message.contains("unknown field `memory`"), "{e}");
     }
 }

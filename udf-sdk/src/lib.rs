@@ -35,14 +35,23 @@ pub struct Timestamp(pub i64);
 /// A type a UDF takes as an argument.
 pub trait Arg<'a>: Sized {
     const TYPE: DataType;
-    /// The value at row `i`, `None` when it is null.
-    fn get(col: &'a Column, i: usize) -> Option<Self>;
+    /// The column's values, resolved once per batch.
+    type View: Copy;
+    fn view(col: &'a Column) -> Self::View;
+    /// The value at row `i`; `None` skips the call and gives a null (unless `Self` is an
+    /// `Option`, which sees the null itself).
+    fn get(view: Self::View, i: usize, valid: bool) -> Option<Self>;
 }
 
-fn is_valid(col: &Column, i: usize) -> bool {
-    col.validity
-        .as_ref()
-        .is_none_or(|bits| bits[i >> 3] >> (i & 7) & 1 == 1)
+/// The validity bitmap of a column, `None` when every value is valid.
+#[inline]
+pub fn validity(col: &Column) -> Option<&[u8]> {
+    col.validity.as_deref()
+}
+
+#[inline]
+pub fn is_valid(bits: Option<&[u8]>, i: usize) -> bool {
+    bits.is_none_or(|b| b[i >> 3] >> (i & 7) & 1 == 1)
 }
 
 fn wrong_type(col: &Column, expected: DataType) -> ! {
@@ -63,199 +72,299 @@ fn data_type(values: &Values) -> DataType {
 }
 
 macro_rules! primitive_arg {
-    ($t:ty, $variant:ident, $wrap:expr) => {
+    ($t:ty, $raw:ty, $variant:ident, $wrap:expr) => {
         impl<'a> Arg<'a> for $t {
             const TYPE: DataType = DataType::$variant;
+            type View = &'a [$raw];
             #[inline]
-            fn get(col: &'a Column, i: usize) -> Option<Self> {
+            fn view(col: &'a Column) -> Self::View {
                 match &col.values {
-                    Values::$variant(v) => is_valid(col, i).then(|| $wrap(v[i])),
+                    Values::$variant(v) => v,
                     _ => wrong_type(col, <Self as Arg>::TYPE),
                 }
+            }
+            #[inline]
+            fn get(view: Self::View, i: usize, valid: bool) -> Option<Self> {
+                valid.then(|| $wrap(view[i]))
             }
         }
     };
 }
 
-primitive_arg!(i64, Int64, |v| v);
-primitive_arg!(f64, Float64, |v| v);
-primitive_arg!(Timestamp, Timestamp, Timestamp);
+primitive_arg!(i64, i64, Int64, |v| v);
+primitive_arg!(f64, f64, Float64, |v| v);
+primitive_arg!(Timestamp, i64, Timestamp, Timestamp);
 
 impl<'a> Arg<'a> for bool {
     const TYPE: DataType = DataType::Boolean;
+    type View = &'a [u8];
     #[inline]
-    fn get(col: &'a Column, i: usize) -> Option<Self> {
+    fn view(col: &'a Column) -> Self::View {
         match &col.values {
-            Values::Boolean(bits) => is_valid(col, i).then(|| bits[i >> 3] >> (i & 7) & 1 == 1),
+            Values::Boolean(bits) => bits,
             _ => wrong_type(col, <Self as Arg>::TYPE),
         }
+    }
+    #[inline]
+    fn get(view: Self::View, i: usize, valid: bool) -> Option<Self> {
+        valid.then(|| view[i >> 3] >> (i & 7) & 1 == 1)
     }
 }
 
 impl<'a> Arg<'a> for &'a str {
     const TYPE: DataType = DataType::Utf8;
+    type View = &'a Utf8Values;
     #[inline]
-    fn get(col: &'a Column, i: usize) -> Option<Self> {
+    fn view(col: &'a Column) -> Self::View {
         match &col.values {
-            Values::Utf8(u) => is_valid(col, i).then(|| {
-                let bytes = &u.data[u.offsets[i] as usize..u.offsets[i + 1] as usize];
-                // The host hands over Arrow utf8 arrays, which are valid UTF-8.
-                std::str::from_utf8(bytes).expect("utf8 column holds valid UTF-8")
-            }),
+            Values::Utf8(u) => u,
             _ => wrong_type(col, <Self as Arg>::TYPE),
         }
+    }
+    #[inline]
+    fn get(u: Self::View, i: usize, valid: bool) -> Option<Self> {
+        valid.then(|| {
+            let bytes = &u.data[u.offsets[i] as usize..u.offsets[i + 1] as usize];
+            // The host hands over Arrow utf8 arrays, which are valid UTF-8.
+            std::str::from_utf8(bytes).expect("utf8 column holds valid UTF-8")
+        })
     }
 }
 
 /// `Option<T>` sees nulls itself instead of skipping the call.
 impl<'a, T: Arg<'a>> Arg<'a> for Option<T> {
     const TYPE: DataType = T::TYPE;
+    type View = T::View;
     #[inline]
-    fn get(col: &'a Column, i: usize) -> Option<Self> {
-        Some(T::get(col, i))
+    fn view(col: &'a Column) -> Self::View {
+        T::view(col)
+    }
+    #[inline]
+    fn get(view: Self::View, i: usize, valid: bool) -> Option<Self> {
+        Some(T::get(view, i, valid))
     }
 }
 
 /// A type a UDF returns.
-pub trait Ret {
+pub trait Ret: Sized {
     const TYPE: DataType;
-    fn push(self, out: &mut ColumnBuilder) -> Result<(), String>;
+    type Builder;
+    fn builder(rows: usize) -> Self::Builder;
+    fn push(self, out: &mut Self::Builder) -> Result<(), String>;
+    fn push_null(out: &mut Self::Builder);
+    fn finish(out: Self::Builder) -> Column;
 }
 
-macro_rules! ret {
-    ($t:ty, $variant:ident, |$v:ident, $vals:ident| $push:expr) => {
+/// Validity bits, only materialised once a null shows up.
+#[derive(Default)]
+pub struct Validity {
+    len: usize,
+    bits: Option<Vec<u8>>,
+}
+
+impl Validity {
+    #[inline]
+    fn valid(&mut self) {
+        if let Some(bits) = &mut self.bits {
+            set_bit(bits, self.len, true);
+        }
+        self.len += 1;
+    }
+
+    fn null(&mut self) {
+        let len = self.len;
+        let bits = self.bits.get_or_insert_with(|| {
+            let mut b = vec![0xff; len.div_ceil(8)];
+            if len % 8 != 0 {
+                b[len >> 3] = (1u8 << (len & 7)) - 1;
+            }
+            b
+        });
+        set_bit(bits, len, false);
+        self.len += 1;
+    }
+}
+
+/// A result column of a fixed-width type.
+pub struct PrimitiveBuilder<T> {
+    values: Vec<T>,
+    validity: Validity,
+}
+
+macro_rules! primitive_ret {
+    ($t:ty, $raw:ty, $variant:ident, |$v:ident| $unwrap:expr) => {
         impl Ret for $t {
             const TYPE: DataType = DataType::$variant;
-            #[inline]
-            fn push(self, out: &mut ColumnBuilder) -> Result<(), String> {
-                let $v = self;
-                match &mut out.values {
-                    Values::$variant($vals) => $push,
-                    _ => unreachable!("builder made for the return type"),
+            type Builder = PrimitiveBuilder<$raw>;
+            fn builder(rows: usize) -> Self::Builder {
+                PrimitiveBuilder {
+                    values: Vec::with_capacity(rows),
+                    validity: Validity::default(),
                 }
-                out.push_valid();
+            }
+            #[inline]
+            fn push(self, out: &mut Self::Builder) -> Result<(), String> {
+                let $v = self;
+                out.values.push($unwrap);
+                out.validity.valid();
                 Ok(())
+            }
+            fn push_null(out: &mut Self::Builder) {
+                out.values.push(Default::default());
+                out.validity.null();
+            }
+            fn finish(out: Self::Builder) -> Column {
+                Column {
+                    len: out.validity.len as u32,
+                    validity: out.validity.bits,
+                    values: Values::$variant(out.values),
+                }
             }
         }
     };
 }
 
-ret!(i64, Int64, |v, vals| vals.push(v));
-ret!(f64, Float64, |v, vals| vals.push(v));
-ret!(Timestamp, Timestamp, |v, vals| vals.push(v.0));
-ret!(String, Utf8, |v, vals| push_str(vals, &v));
-ret!(&str, Utf8, |v, vals| push_str(vals, v));
+primitive_ret!(i64, i64, Int64, |v| v);
+primitive_ret!(f64, f64, Float64, |v| v);
+primitive_ret!(Timestamp, i64, Timestamp, |v| v.0);
 
 impl Ret for bool {
     const TYPE: DataType = DataType::Boolean;
-    #[inline]
-    fn push(self, out: &mut ColumnBuilder) -> Result<(), String> {
-        match &mut out.values {
-            Values::Boolean(bits) => set_bit(bits, out.len, self),
-            _ => unreachable!("builder made for the return type"),
+    type Builder = PrimitiveBuilder<u8>;
+    fn builder(rows: usize) -> Self::Builder {
+        PrimitiveBuilder {
+            values: Vec::with_capacity(rows.div_ceil(8)),
+            validity: Validity::default(),
         }
-        out.push_valid();
+    }
+    #[inline]
+    fn push(self, out: &mut Self::Builder) -> Result<(), String> {
+        set_bit(&mut out.values, out.validity.len, self);
+        out.validity.valid();
         Ok(())
+    }
+    fn push_null(out: &mut Self::Builder) {
+        set_bit(&mut out.values, out.validity.len, false);
+        out.validity.null();
+    }
+    fn finish(out: Self::Builder) -> Column {
+        Column {
+            len: out.validity.len as u32,
+            validity: out.validity.bits,
+            values: Values::Boolean(out.values),
+        }
     }
 }
 
+/// A utf8 result column.
+pub struct Utf8Builder {
+    values: Utf8Values,
+    validity: Validity,
+}
+
+impl Utf8Builder {
+    #[inline]
+    fn push_str(&mut self, s: &str) {
+        self.values.data.extend_from_slice(s.as_bytes());
+        let end = i32::try_from(self.values.data.len()).expect("a utf8 result column over 2 GiB");
+        self.values.offsets.push(end);
+        self.validity.valid();
+    }
+}
+
+macro_rules! utf8_ret {
+    ($t:ty, |$v:ident| $as_str:expr) => {
+        impl Ret for $t {
+            const TYPE: DataType = DataType::Utf8;
+            type Builder = Utf8Builder;
+            fn builder(rows: usize) -> Self::Builder {
+                let mut offsets = Vec::with_capacity(rows + 1);
+                offsets.push(0);
+                Utf8Builder {
+                    values: Utf8Values {
+                        offsets,
+                        data: Vec::new(),
+                    },
+                    validity: Validity::default(),
+                }
+            }
+            #[inline]
+            fn push(self, out: &mut Self::Builder) -> Result<(), String> {
+                let $v = self;
+                out.push_str($as_str);
+                Ok(())
+            }
+            fn push_null(out: &mut Self::Builder) {
+                let end = *out.values.offsets.last().expect("offsets start at 0");
+                out.values.offsets.push(end);
+                out.validity.null();
+            }
+            fn finish(out: Self::Builder) -> Column {
+                Column {
+                    len: out.validity.len as u32,
+                    validity: out.validity.bits,
+                    values: Values::Utf8(out.values),
+                }
+            }
+        }
+    };
+}
+
+utf8_ret!(String, |v| &v);
+utf8_ret!(&str, |v| v);
+
 impl<T: Ret> Ret for Option<T> {
     const TYPE: DataType = T::TYPE;
+    type Builder = T::Builder;
+    fn builder(rows: usize) -> Self::Builder {
+        T::builder(rows)
+    }
     #[inline]
-    fn push(self, out: &mut ColumnBuilder) -> Result<(), String> {
+    fn push(self, out: &mut Self::Builder) -> Result<(), String> {
         match self {
             Some(v) => v.push(out),
             None => {
-                out.push_null();
+                T::push_null(out);
                 Ok(())
             }
         }
+    }
+    fn push_null(out: &mut Self::Builder) {
+        T::push_null(out)
+    }
+    fn finish(out: Self::Builder) -> Column {
+        T::finish(out)
     }
 }
 
 /// An error fails the query with its message.
 impl<T: Ret, E: std::fmt::Display> Ret for Result<T, E> {
     const TYPE: DataType = T::TYPE;
+    type Builder = T::Builder;
+    fn builder(rows: usize) -> Self::Builder {
+        T::builder(rows)
+    }
     #[inline]
-    fn push(self, out: &mut ColumnBuilder) -> Result<(), String> {
+    fn push(self, out: &mut Self::Builder) -> Result<(), String> {
         self.map_err(|e| e.to_string())?.push(out)
+    }
+    fn push_null(out: &mut Self::Builder) {
+        T::push_null(out)
+    }
+    fn finish(out: Self::Builder) -> Column {
+        T::finish(out)
     }
 }
 
+#[inline]
 fn set_bit(bits: &mut Vec<u8>, i: usize, value: bool) {
     if i >> 3 >= bits.len() {
         bits.push(0);
     }
     if value {
         bits[i >> 3] |= 1 << (i & 7);
-    }
-}
-
-fn push_str(u: &mut Utf8Values, s: &str) {
-    u.data.extend_from_slice(s.as_bytes());
-    let end = i32::try_from(u.data.len()).expect("a utf8 result column over 2 GiB");
-    u.offsets.push(end);
-}
-
-/// Builds the result column one row at a time.
-pub struct ColumnBuilder {
-    len: usize,
-    nulls: usize,
-    validity: Vec<u8>,
-    values: Values,
-}
-
-impl ColumnBuilder {
-    pub fn new(ty: DataType, rows: usize) -> ColumnBuilder {
-        let values = match ty {
-            DataType::Int64 => Values::Int64(Vec::with_capacity(rows)),
-            DataType::Float64 => Values::Float64(Vec::with_capacity(rows)),
-            DataType::Timestamp => Values::Timestamp(Vec::with_capacity(rows)),
-            DataType::Boolean => Values::Boolean(Vec::with_capacity(rows.div_ceil(8))),
-            DataType::Utf8 => Values::Utf8(Utf8Values {
-                offsets: {
-                    let mut o = Vec::with_capacity(rows + 1);
-                    o.push(0);
-                    o
-                },
-                data: Vec::new(),
-            }),
-        };
-        ColumnBuilder {
-            len: 0,
-            nulls: 0,
-            validity: Vec::with_capacity(rows.div_ceil(8)),
-            values,
-        }
-    }
-
-    #[inline]
-    fn push_valid(&mut self) {
-        set_bit(&mut self.validity, self.len, true);
-        self.len += 1;
-    }
-
-    /// Append a null (a placeholder value under a cleared validity bit).
-    pub fn push_null(&mut self) {
-        match &mut self.values {
-            Values::Int64(v) | Values::Timestamp(v) => v.push(0),
-            Values::Float64(v) => v.push(0.0),
-            Values::Boolean(bits) => set_bit(bits, self.len, false),
-            Values::Utf8(u) => u
-                .offsets
-                .push(*u.offsets.last().expect("offsets start at 0")),
-        }
-        set_bit(&mut self.validity, self.len, false);
-        self.nulls += 1;
-        self.len += 1;
-    }
-
-    pub fn finish(self) -> Column {
-        Column {
-            len: self.len as u32,
-            validity: (self.nulls > 0).then_some(self.validity),
-            values: self.values,
-        }
+    } else {
+        bits[i >> 3] &= !(1 << (i & 7));
     }
 }
 
@@ -269,7 +378,18 @@ pub fn check_args(args: &[Column], types: &[DataType], rows: usize) -> Result<()
         ));
     }
     for (i, (col, ty)) in args.iter().zip(types).enumerate() {
-        if data_type(&col.values) != *ty || col.len as usize != rows {
+        let buffers_ok = match &col.values {
+            Values::Int64(v) | Values::Timestamp(v) => v.len() == rows,
+            Values::Float64(v) => v.len() == rows,
+            Values::Boolean(b) => b.len() >= rows.div_ceil(8),
+            Values::Utf8(u) => u.offsets.len() == rows + 1,
+        };
+        let validity_ok = col
+            .validity
+            .as_ref()
+            .is_none_or(|b| b.len() >= rows.div_ceil(8));
+        if data_type(&col.values) != *ty || col.len as usize != rows || !buffers_ok || !validity_ok
+        {
             return Err(format!(
                 "argument {}: expected {rows} values of {ty:?}, got {} of {:?}",
                 i + 1,
@@ -279,4 +399,79 @@ pub fn check_args(args: &[Column], types: &[DataType], rows: usize) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f64_column(values: &[Option<f64>]) -> Column {
+        let mut b = <Option<f64> as Ret>::builder(values.len());
+        for v in values {
+            Ret::push(*v, &mut b).unwrap();
+        }
+        <Option<f64> as Ret>::finish(b)
+    }
+
+    #[test]
+    fn validity_appears_only_with_a_null_and_keeps_earlier_bits() {
+        let all = f64_column(&[Some(1.0); 10]);
+        assert_eq!(all.validity, None);
+        let mut values = vec![Some(1.0); 11];
+        values[9] = None;
+        let col = f64_column(&values);
+        assert_eq!(col.len, 11);
+        // rows 0..=8 valid, 9 null, 10 valid: 0b1111_1111, 0b0000_0101
+        assert_eq!(col.validity, Some(vec![0xff, 0b101]));
+        let v = validity(&col);
+        assert!((0..11).all(|i| is_valid(v, i) == (i != 9)));
+        let view = <f64 as Arg>::view(&col);
+        assert_eq!(<f64 as Arg>::get(view, 10, is_valid(v, 10)), Some(1.0));
+        assert_eq!(<f64 as Arg>::get(view, 9, is_valid(v, 9)), None);
+        assert_eq!(<Option<f64> as Arg>::get(view, 9, false), Some(None));
+    }
+
+    #[test]
+    fn strings_and_booleans_round_trip() {
+        let mut b = <Option<String> as Ret>::builder(3);
+        for v in [Some("ab".to_string()), None, Some("ç".to_string())] {
+            Ret::push(v, &mut b).unwrap();
+        }
+        let col = <Option<String> as Ret>::finish(b);
+        let view = <&str as Arg>::view(&col);
+        let v = validity(&col);
+        let got: Vec<Option<&str>> = (0..3)
+            .map(|i| <&str as Arg>::get(view, i, is_valid(v, i)))
+            .collect();
+        assert_eq!(got, vec![Some("ab"), None, Some("ç")]);
+
+        let mut b = <bool as Ret>::builder(9);
+        for i in 0..9 {
+            Ret::push(i % 3 == 0, &mut b).unwrap();
+        }
+        let col = <bool as Ret>::finish(b);
+        let view = <bool as Arg>::view(&col);
+        assert!((0..9).all(|i| <bool as Arg>::get(view, i, true) == Some(i % 3 == 0)));
+    }
+
+    #[test]
+    fn host_columns_are_checked_against_the_signature() {
+        let col = f64_column(&[Some(1.0), Some(2.0)]);
+        assert!(check_args(std::slice::from_ref(&col), &[DataType::Float64], 2).is_ok());
+        let e = check_args(std::slice::from_ref(&col), &[DataType::Int64], 2).unwrap_err();
+        assert!(e.contains("argument 1"), "{e}");
+        assert!(check_args(&[col], &[DataType::Float64], 3).is_err());
+        assert!(
+            check_args(&[], &[DataType::Float64], 1)
+                .unwrap_err()
+                .contains("takes 1")
+        );
+    }
+
+    #[test]
+    fn errors_from_the_function_fail_the_batch() {
+        let mut b = <Result<f64, String> as Ret>::builder(1);
+        let e = Ret::push(Err::<f64, String>("no".into()), &mut b).unwrap_err();
+        assert_eq!(e, "no");
+    }
 }

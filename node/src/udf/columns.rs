@@ -172,3 +172,147 @@ pub fn from_column(col: Column, t: WitType, rows: usize) -> Result<ArrayRef, Str
     };
     Ok(array)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(array: ArrayRef, t: WitType) -> ArrayRef {
+        let rows = array.len();
+        from_column(to_column(&array, t), t, rows).unwrap()
+    }
+
+    #[test]
+    fn sliced_arrays_cross_with_their_own_offsets_and_nulls() {
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(1),
+            None,
+            Some(3),
+            Some(4),
+            None,
+            Some(6),
+            Some(7),
+            Some(8),
+            Some(9),
+            None,
+        ]));
+        let sliced = ints.slice(3, 7);
+        assert_eq!(
+            round_trip(sliced.clone(), WitType::Int64).as_ref(),
+            sliced.as_ref()
+        );
+
+        let strings: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("ccc"),
+            Some("dd"),
+            Some(""),
+            None,
+            Some("gé"),
+        ]));
+        let sliced = strings.slice(2, 5);
+        let col = to_column(&sliced, WitType::Utf8);
+        let Values::Utf8(u) = &col.values else {
+            panic!("utf8")
+        };
+        assert_eq!(u.offsets[0], 0, "offsets rebased to the slice");
+        assert_eq!(
+            round_trip(sliced.clone(), WitType::Utf8).as_ref(),
+            sliced.as_ref()
+        );
+
+        let bools: ArrayRef = Arc::new(BooleanArray::from(vec![
+            Some(true),
+            Some(false),
+            None,
+            Some(true),
+            Some(true),
+            Some(false),
+            Some(true),
+            None,
+            Some(false),
+            Some(true),
+        ]));
+        let sliced = bools.slice(1, 9);
+        assert_eq!(
+            round_trip(sliced.clone(), WitType::Boolean).as_ref(),
+            sliced.as_ref()
+        );
+    }
+
+    #[test]
+    fn malformed_guest_columns_are_refused() {
+        let col = |len: u32, validity: Option<Vec<u8>>, values: Values| Column {
+            len,
+            validity,
+            values,
+        };
+        let utf8 = |offsets: Vec<i32>, data: &[u8]| {
+            Values::Utf8(Utf8Values {
+                offsets,
+                data: data.to_vec(),
+            })
+        };
+        let cases = [
+            (
+                col(3, None, Values::Int64(vec![1, 2, 3])),
+                WitType::Int64,
+                2,
+                "returned 3 values for a batch of 2",
+            ),
+            (
+                col(2, None, Values::Int64(vec![1])),
+                WitType::Int64,
+                2,
+                "returned 1 values",
+            ),
+            (
+                col(2, None, Values::Float64(vec![1.0, 2.0])),
+                WitType::Int64,
+                2,
+                "returned float64 values but declares int64",
+            ),
+            (
+                col(9, Some(vec![0xff]), Values::Int64(vec![0; 9])),
+                WitType::Int64,
+                9,
+                "validity bitmap of 1 bytes",
+            ),
+            (
+                col(9, None, Values::Boolean(vec![0])),
+                WitType::Boolean,
+                9,
+                "boolean bitmap of 1 bytes",
+            ),
+            (
+                col(2, None, utf8(vec![0, 2, 1], b"ab")),
+                WitType::Utf8,
+                2,
+                "not increasing",
+            ),
+            (
+                col(2, None, utf8(vec![0, 1, 9], b"ab")),
+                WitType::Utf8,
+                2,
+                "not increasing",
+            ),
+            (
+                col(2, None, utf8(vec![0, 1], b"ab")),
+                WitType::Utf8,
+                2,
+                "returned 1 values",
+            ),
+            (
+                col(1, None, utf8(vec![0, 2], &[0xff, 0xfe])),
+                WitType::Utf8,
+                1,
+                "invalid utf8",
+            ),
+        ];
+        for (c, t, rows, says) in cases {
+            let e = from_column(c, t, rows).unwrap_err();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+    }
+}

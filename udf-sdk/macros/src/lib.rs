@@ -72,6 +72,12 @@ pub fn udf(attr: TokenStream, item: TokenStream) -> TokenStream {
     let vars: Vec<_> = (0..arg_types.len())
         .map(|i| format_ident!("a{}", i))
         .collect();
+    let views: Vec<_> = (0..arg_types.len())
+        .map(|i| format_ident!("view{}", i))
+        .collect();
+    let valids: Vec<_> = (0..arg_types.len())
+        .map(|i| format_ident!("valid{}", i))
+        .collect();
     let indices = 0..arg_types.len();
     let types = &arg_types;
     let expanded = quote! {
@@ -100,20 +106,25 @@ pub fn udf(attr: TokenStream, item: TokenStream) -> TokenStream {
                         &[#(<#types as ::apiary_udf::Arg<'_>>::TYPE),*],
                         rows,
                     )?;
-                    let mut out = ::apiary_udf::ColumnBuilder::new(
-                        <#ret as ::apiary_udf::Ret>::TYPE,
-                        rows,
-                    );
+                    #(
+                        let #views = <#types as ::apiary_udf::Arg<'_>>::view(&args[#indices]);
+                        let #valids = ::apiary_udf::validity(&args[#indices]);
+                    )*
+                    let mut out = <#ret as ::apiary_udf::Ret>::builder(rows);
                     for i in 0..rows {
                         #(
-                            let Some(#vars) = <#types as ::apiary_udf::Arg<'_>>::get(&args[#indices], i) else {
-                                out.push_null();
+                            let Some(#vars) = <#types as ::apiary_udf::Arg<'_>>::get(
+                                #views,
+                                i,
+                                ::apiary_udf::is_valid(#valids, i),
+                            ) else {
+                                <#ret as ::apiary_udf::Ret>::push_null(&mut out);
                                 continue;
                             };
                         )*
                         ::apiary_udf::Ret::push(#ident(#(#vars),*), &mut out)?;
                     }
-                    Ok(out.finish())
+                    Ok(<#ret as ::apiary_udf::Ret>::finish(out))
                 }
             }
 
