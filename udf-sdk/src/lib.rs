@@ -175,7 +175,7 @@ impl Validity {
         let len = self.len;
         let bits = self.bits.get_or_insert_with(|| {
             let mut b = vec![0xff; len.div_ceil(8)];
-            if len % 8 != 0 {
+            if !len.is_multiple_of(8) {
                 b[len >> 3] = (1u8 << (len & 7)) - 1;
             }
             b
