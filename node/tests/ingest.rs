@@ -99,6 +99,16 @@ impl Node {
     }
 }
 
+/// A test that fails half-way must not leave its nodes running.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 struct Setup {
     m: TestMeadow,
     dir: tempfile::TempDir,
@@ -198,10 +208,10 @@ async fn publish(
             match events.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                 Ok(_) => {}
-                Err(e) => {
-                    eprintln!("publisher: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                // A reconnecting QoS 1 publisher resends what the broker may already have,
+                // and the broker then holds (and delivers) two messages: duplicates the node
+                // could not tell apart. Say so instead of blaming the node.
+                Err(e) => panic!("the test publisher lost its connection: {e}"),
             }
         }
     });
@@ -280,11 +290,9 @@ async fn hundred_thousand_messages_through_the_embedded_broker() {
     node.stop();
 }
 
-/// Known gap: passes when run alone, but under CPU contention (the other ingest tests in
-/// parallel on 2 cores) about 2% of messages are stored twice after restarts. No message
-/// is lost. Redeliveries after a lost ack are not all recognised yet; see the ingest issue.
-/// Run it with `cargo test --test ingest -- --ignored`.
-#[ignore = "duplicates under load: redelivery detection incomplete (ingest issue)"]
+/// Ten SIGKILLs at random points while 50k QoS 1 messages arrive: every message lands once.
+/// (Restarts after a crash make sled skip ahead in sequence numbers; the redelivery window is
+/// kept by count so a broker's resend of an already committed message is still recognised.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let Some((host, port)) = mosquitto() else {
@@ -459,6 +467,16 @@ async fn two_nodes_share_one_subscription() {
     let b = Node::start(&s.config("b", &url, &ingest), &s.log("b"));
     publish(&host, port, &topic, 0..20_000, Some(5_000), reading).await;
     let (n, d) = s.wait_for_rows(frame, 20_000, Duration::from_secs(120));
+    if (n, d) != (20_000, 20_000) {
+        for name in ["a", "b"] {
+            let log = std::fs::read_to_string(s.log(name)).unwrap_or_default();
+            let notable: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("connected"))
+                .collect();
+            eprintln!("node {name}:\n{}", notable.join("\n"));
+        }
+    }
     assert_eq!(
         (n, d),
         (20_000, 20_000),

@@ -71,11 +71,12 @@ fn data_type(values: &Values) -> DataType {
     }
 }
 
-macro_rules! primitive_arg {
-    ($t:ty, $raw:ty, $variant:ident, $wrap:expr) => {
+/// An argument type: the column variant it reads and how to read row `$i` of its view.
+macro_rules! arg {
+    ($t:ty, $view:ty, $variant:ident, |$v:ident, $i:ident| $get:expr) => {
         impl<'a> Arg<'a> for $t {
             const TYPE: DataType = DataType::$variant;
-            type View = &'a [$raw];
+            type View = $view;
             #[inline]
             fn view(col: &'a Column) -> Self::View {
                 match &col.values {
@@ -84,52 +85,23 @@ macro_rules! primitive_arg {
                 }
             }
             #[inline]
-            fn get(view: Self::View, i: usize, valid: bool) -> Option<Self> {
-                valid.then(|| $wrap(view[i]))
+            fn get($v: Self::View, $i: usize, valid: bool) -> Option<Self> {
+                valid.then(|| $get)
             }
         }
     };
 }
 
-primitive_arg!(i64, i64, Int64, |v| v);
-primitive_arg!(f64, f64, Float64, |v| v);
-primitive_arg!(Timestamp, i64, Timestamp, Timestamp);
-
-impl<'a> Arg<'a> for bool {
-    const TYPE: DataType = DataType::Boolean;
-    type View = &'a [u8];
-    #[inline]
-    fn view(col: &'a Column) -> Self::View {
-        match &col.values {
-            Values::Boolean(bits) => bits,
-            _ => wrong_type(col, <Self as Arg>::TYPE),
-        }
-    }
-    #[inline]
-    fn get(view: Self::View, i: usize, valid: bool) -> Option<Self> {
-        valid.then(|| view[i >> 3] >> (i & 7) & 1 == 1)
-    }
-}
-
-impl<'a> Arg<'a> for &'a str {
-    const TYPE: DataType = DataType::Utf8;
-    type View = &'a Utf8Values;
-    #[inline]
-    fn view(col: &'a Column) -> Self::View {
-        match &col.values {
-            Values::Utf8(u) => u,
-            _ => wrong_type(col, <Self as Arg>::TYPE),
-        }
-    }
-    #[inline]
-    fn get(u: Self::View, i: usize, valid: bool) -> Option<Self> {
-        valid.then(|| {
-            let bytes = &u.data[u.offsets[i] as usize..u.offsets[i + 1] as usize];
-            // The host hands over Arrow utf8 arrays, which are valid UTF-8.
-            std::str::from_utf8(bytes).expect("utf8 column holds valid UTF-8")
-        })
-    }
-}
+arg!(i64, &'a [i64], Int64, |v, i| v[i]);
+arg!(f64, &'a [f64], Float64, |v, i| v[i]);
+arg!(Timestamp, &'a [i64], Timestamp, |v, i| Timestamp(v[i]));
+arg!(bool, &'a [u8], Boolean, |v, i| v[i >> 3] >> (i & 7) & 1
+    == 1);
+arg!(&'a str, &'a Utf8Values, Utf8, |u, i| {
+    let bytes = &u.data[u.offsets[i] as usize..u.offsets[i + 1] as usize];
+    // The host hands over Arrow utf8 arrays, which are valid UTF-8.
+    std::str::from_utf8(bytes).expect("utf8 column holds valid UTF-8")
+});
 
 /// `Option<T>` sees nulls itself instead of skipping the call.
 impl<'a, T: Arg<'a>> Arg<'a> for Option<T> {

@@ -633,9 +633,10 @@ impl Inner {
                     let mut st = self.state.lock().expect("ingest lock");
                     st.backlog_bytes = st.backlog_bytes.saturating_sub(bytes);
                     st.committed.extend(seqs);
-                    let cut = st.last_seq.saturating_sub(DEDUPE_TAIL);
+                    // Keep the newest DEDUPE_TAIL committed records (by count: sequence
+                    // numbers jump after a crash, sled reserves id ranges).
                     let mut trim = Vec::new();
-                    while st.committed.front().is_some_and(|s| *s < cut) {
+                    while st.committed.len() as u64 > DEDUPE_TAIL {
                         trim.push(st.committed.pop_front().expect("front exists"));
                     }
                     drop(st);
