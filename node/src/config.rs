@@ -73,6 +73,11 @@ pub struct IngestConfig {
     /// With an external broker, subscribe as `$share/<group>/<filter>` so that the nodes of
     /// a swarm split the messages. Empty: plain subscriptions.
     pub shared_group: String,
+    /// How often small cells of ingested frames are merged (by the node holding the
+    /// swarm's compaction lease), then cells no longer referenced are deleted.
+    pub compact_interval: Duration,
+    /// Removed cells are kept this long for readers of older versions (time travel).
+    pub vacuum_retention: Duration,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -88,6 +93,8 @@ impl Default for IngestConfig {
             flush_interval: Duration(std::time::Duration::from_millis(5)),
             flush_messages: 1000,
             shared_group: "apiary".into(),
+            compact_interval: Duration(std::time::Duration::from_secs(600)),
+            vacuum_retention: Duration(std::time::Duration::from_secs(24 * 3600)),
             routes: vec![],
         }
     }

@@ -141,6 +141,7 @@ impl From<object_store::Error> for Error {
             O::Precondition { path, .. } => {
                 Error::conflict(format!("object changed concurrently: {path}"))
             }
+            O::NotImplemented { .. } => Error::unsupported(e.to_string()),
             _ => Error::storage(e.to_string()),
         }
     }

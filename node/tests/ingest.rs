@@ -131,9 +131,14 @@ impl Setup {
         std::fs::write(
             &path,
             format!(
-                "[node]\nstate_dir = {:?}\n[meadow]\nuri = {:?}\n[mqtt]\n{mqtt}\n[ingest]\nmax_latency = \"300ms\"\nshared_group = {:?}\n{ingest}\n",
+                "[node]\nstate_dir = {:?}\n[meadow]\nuri = {:?}\n[mqtt]\n{mqtt}\n[ingest]\n{}shared_group = {:?}\n{ingest}\n",
                 state.display().to_string(),
                 self.m.uri,
+                if ingest.contains("max_latency") {
+                    ""
+                } else {
+                    "max_latency = \"300ms\"\n"
+                },
                 // One swarm per test: tests share the broker but not their messages.
                 self.group,
             ),
@@ -488,4 +493,113 @@ async fn two_nodes_share_one_subscription() {
         let st = apiary::ingest::read_status(&s.dir.path().join(name)).unwrap();
         assert!(st.committed_rows > 0, "node {name} took part: {st:?}");
     }
+}
+
+fn parquet_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|f| f != "_delta_log") {
+                n += parquet_files(&p);
+            }
+        } else if p.extension().is_some_and(|e| e == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Two nodes ingest with short cell latency (many small cells); the one holding the swarm's
+/// compaction lease merges them and vacuums the merged-away files; rows are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cells_are_merged_and_vacuumed_by_the_lease_holder() {
+    let Some((host, port)) = mosquitto() else {
+        return;
+    };
+    let s = Setup::new();
+    let url = format!("url = \"mqtt://{host}:{port}\"");
+    let frame = "compact.s.readings";
+    let (topic, route) = s.private_route(frame);
+    let ingest = format!(
+        "compact_interval = \"1s\"\nvacuum_retention = \"1ms\"\nmax_latency = \"100ms\"\n{route}"
+    );
+    let a = Node::start(&s.config("a", &url, &ingest), &s.log("a"));
+    let b = Node::start(&s.config("b", &url, &ingest), &s.log("b"));
+    publish(&host, port, &topic, 0..3_000, Some(500), reading).await;
+    let (n, d) = s.wait_for_rows(frame, 3_000, Duration::from_secs(120));
+    assert_eq!((n, d), (3_000, 3_000));
+
+    let table_dir = PathBuf::from(&s.m.uri).join("compact/s/readings");
+    let reader = s.m.open().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (cells, files) = loop {
+        let cells = reader
+            .frames()
+            .info("compact", "s", "readings")
+            .await
+            .unwrap()
+            .cell_count;
+        let files = parquet_files(&table_dir);
+        if cells <= 2 && files == cells as usize {
+            break (cells, files);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {cells} cells and {files} files on disk"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(cells >= 1 && files >= 1);
+    assert_eq!(
+        s.counts(frame),
+        (3_000, 3_000),
+        "merging kept every row once"
+    );
+
+    a.stop();
+    b.stop();
+    let statuses: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| apiary::ingest::read_status(&s.dir.path().join(n)).unwrap())
+        .collect();
+    let compacting: Vec<_> = statuses.iter().filter(|st| st.compactions > 0).collect();
+    assert_eq!(compacting.len(), 1, "only the lease holder compacts");
+    assert!(compacting[0].cells_compacted >= 10, "{:?}", compacting[0]);
+    assert!(compacting[0].cells_vacuumed >= 10, "{:?}", compacting[0]);
+    let lease = apiary::meadow::lease::read(reader.meadow(), "compaction")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!lease.holder.is_empty());
+}
+
+/// With a tiny WAL cap the node stops acking (the broker keeps the messages) until its
+/// cells are committed, then carries on by itself: everything lands, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_ahead_log_holds_acks_until_commits_catch_up() {
+    let s = Setup::new();
+    let port = free_port();
+    let cfg = s.config(
+        "w",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        "wal_max = \"64KiB\"\nmax_latency = \"1s\"\n",
+    );
+    let node = Node::start(&cfg, &s.log("w"));
+    publish(
+        "127.0.0.1",
+        port,
+        "apiary/bp/s/readings",
+        0..5_000,
+        None,
+        reading,
+    )
+    .await;
+    let (n, d) = s.wait_for_rows("bp.s.readings", 5_000, Duration::from_secs(120));
+    assert_eq!((n, d), (5_000, 5_000));
+    node.stop();
+    let st = apiary::ingest::read_status(&s.dir.path().join("w")).unwrap();
+    assert!(st.ack_pauses > 0, "acks were held back: {st:?}");
+    assert_eq!(st.acked, 5_000, "{st:?}");
+    assert_eq!(st.held_acks, 0, "{st:?}");
 }

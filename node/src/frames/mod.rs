@@ -352,6 +352,49 @@ impl Frames {
             .await?)
     }
 
+    /// Merge small cells into cells of the target size (Delta optimize; readers see the
+    /// same rows before and after). Returns (cells removed, cells added).
+    pub async fn compact(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        session: Arc<dyn datafusion::catalog::Session>,
+    ) -> Result<(u64, u64)> {
+        let frame = self.open(h, b, f, None).await?;
+        let (_, metrics) = frame
+            .table
+            .optimize()
+            .with_target_size(NonZeroU64::new(self.cell_target_bytes.max(1)).expect("≥ 1"))
+            .with_writer_properties(writer_properties())
+            .with_session_state(session)
+            .with_commit_properties(CommitProperties::default().with_max_retries(COMMIT_RETRIES))
+            .await
+            .map_err(|e| Error::from(e).context(format!("compacting {h}.{b}.{f}")))?;
+        Ok((metrics.num_files_removed, metrics.num_files_added))
+    }
+
+    /// Delete cells no version newer than `retention` refers to any more. Returns how many.
+    pub async fn vacuum(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        retention: std::time::Duration,
+    ) -> Result<usize> {
+        let frame = self.open(h, b, f, None).await?;
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::invalid(format!("vacuum retention: {e}")))?;
+        let (_, metrics) = frame
+            .table
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(|e| Error::from(e).context(format!("vacuuming {h}.{b}.{f}")))?;
+        Ok(metrics.files_deleted.len())
+    }
+
     /// Remove a frame from the listing. Its cells stay in the meadow until vacuumed.
     pub async fn drop_frame(&self, h: &str, b: &str, f: &str) -> Result<()> {
         self.registry.drop_frame(h, b, f).await.map(|_| ())

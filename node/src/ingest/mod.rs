@@ -12,7 +12,7 @@ pub mod payload;
 pub mod route;
 pub mod wal;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,18 @@ struct Stats {
     commits: AtomicU64,
     last_commit_ms: AtomicU64,
     held_acks: AtomicU64,
+    acked: AtomicU64,
+    compactions: AtomicU64,
+    cells_compacted: AtomicU64,
+    cells_vacuumed: AtomicU64,
+    /// flushes whose acks were held back (WAL cap or the colony's critical band)
+    ack_pauses: AtomicU64,
+    /// durations of the latest commits (cell write + Delta commit), ms
+    commit_ms: Mutex<VecDeque<u32>>,
 }
+
+/// Commit durations kept for the percentiles in the status.
+const COMMIT_SAMPLES: usize = 1000;
 
 /// What `apiary ingest status` shows (also written to `<state_dir>/ingest-status.json`).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -92,7 +103,19 @@ pub struct IngestStatus {
     pub wal_records: u64,
     pub backlog_bytes: u64,
     pub held_acks: u64,
+    /// messages acked to the broker (after their WAL write was durable)
+    pub acked: u64,
+    /// times acks were held back by backpressure
+    pub ack_pauses: u64,
     pub last_commit_ms: u64,
+    /// duration of a commit (cell write + Delta commit) over the latest 1000, ms
+    pub commit_ms_p50: u32,
+    pub commit_ms_p99: u32,
+    /// compactions this node ran (holding the swarm's lease), cells they merged away, and
+    /// cells vacuum deleted
+    pub compactions: u64,
+    pub cells_compacted: u64,
+    pub cells_vacuumed: u64,
     pub messages_per_sec: f64,
     pub updated_ms: u64,
 }
@@ -104,6 +127,7 @@ struct Inner {
     routes: Vec<Route>,
     wal: Wal,
     app_prefix: String,
+    node_id: String,
     cell_target: usize,
     broker_desc: String,
     status_path: PathBuf,
@@ -182,6 +206,7 @@ impl Ingest {
             frames,
             pool,
             app_prefix: format!("apiary-ingest:{node_id}"),
+            node_id: node_id.clone(),
             routes,
             wal,
             broker_desc,
@@ -230,6 +255,7 @@ impl Ingest {
                 subscribed,
             )),
             tokio::spawn(inner.clone().commit_loop(stop_rx.clone())),
+            tokio::spawn(inner.clone().upkeep_loop(stop_rx.clone())),
             tokio::spawn(inner.clone().status_loop(stop_rx)),
         ];
         // Ready means subscribed: messages published from now on are ours. A broker that is
@@ -580,6 +606,7 @@ impl Inner {
             self.stats
                 .held_acks
                 .store(held.len() as u64, Ordering::Relaxed);
+            self.stats.ack_pauses.fetch_add(1, Ordering::Relaxed);
             return;
         }
         // Never wait on the connection here: it may be waiting for us to take publishes
@@ -592,9 +619,78 @@ impl Inner {
             sent += 1;
         }
         held.drain(..sent);
+        self.stats.acked.fetch_add(sent as u64, Ordering::Relaxed);
         self.stats
             .held_acks
             .store(held.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Small-cell upkeep: whoever holds the swarm's compaction lease merges the small cells
+    /// of the frames this node ingests into, then deletes cells past the retention.
+    async fn upkeep_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let every = self.config.compact_interval.0;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let meadow = self.frames.meadow();
+            let ttl = (every * 3).max(Duration::from_secs(60));
+            match crate::meadow::lease::acquire(meadow, "compaction", &self.node_id, ttl).await {
+                Ok(true) => self.upkeep().await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the compaction lease"),
+            }
+        }
+    }
+
+    async fn upkeep(&self) {
+        let frames: BTreeSet<FrameName> = self
+            .state
+            .lock()
+            .expect("ingest lock")
+            .versions
+            .keys()
+            .map(|(f, rejects, _)| if *rejects { rejects_of(f) } else { f.clone() })
+            .collect();
+        for (h, b, f) in frames {
+            let name = format!("{h}.{b}.{f}");
+            let compacted = self
+                .pool
+                .run(&format!("compact {name}"), async |chamber| {
+                    let session = crate::frames::write_session(chamber.runtime_env());
+                    self.frames.compact(&h, &b, &f, session).await
+                })
+                .await;
+            match compacted {
+                Ok((removed, added)) if removed > 0 => {
+                    self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .cells_compacted
+                        .fetch_add(removed, Ordering::Relaxed);
+                    tracing::info!(frame = %name, removed, added, "merged small cells");
+                }
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!(frame = %name, error = %e, "compaction failed; next round retries")
+                }
+            }
+            match self
+                .frames
+                .vacuum(&h, &b, &f, self.config.vacuum_retention.0)
+                .await
+            {
+                Ok(n) => {
+                    self.stats
+                        .cells_vacuumed
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(frame = %name, error = %e, "vacuum failed; next round retries")
+                }
+            }
+        }
     }
 
     async fn commit_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -628,8 +724,16 @@ impl Inner {
         for (key, records) in due {
             let bytes: usize = records.iter().map(Record::size).sum();
             let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+            let started = Instant::now();
             match self.commit(&key, &records).await {
                 Ok(()) => {
+                    {
+                        let mut c = self.stats.commit_ms.lock().expect("ingest stats");
+                        c.push_back(started.elapsed().as_millis() as u32);
+                        if c.len() > COMMIT_SAMPLES {
+                            c.pop_front();
+                        }
+                    }
                     let mut st = self.state.lock().expect("ingest lock");
                     st.backlog_bytes = st.backlog_bytes.saturating_sub(bytes);
                     st.committed.extend(seqs);
@@ -908,7 +1012,14 @@ impl Inner {
             wal_records: self.wal.len() as u64,
             backlog_bytes: backlog as u64,
             held_acks: s.held_acks.load(Ordering::Relaxed),
+            acked: s.acked.load(Ordering::Relaxed),
+            ack_pauses: s.ack_pauses.load(Ordering::Relaxed),
             last_commit_ms: s.last_commit_ms.load(Ordering::Relaxed),
+            commit_ms_p50: percentile(&s.commit_ms, 0.50),
+            commit_ms_p99: percentile(&s.commit_ms, 0.99),
+            compactions: s.compactions.load(Ordering::Relaxed),
+            cells_compacted: s.cells_compacted.load(Ordering::Relaxed),
+            cells_vacuumed: s.cells_vacuumed.load(Ordering::Relaxed),
             messages_per_sec: self.rate_ppm.load(Ordering::Relaxed) as f64 / 1000.0,
             updated_ms: now_ms() as u64,
         }
@@ -923,6 +1034,20 @@ impl Inner {
             let _ = std::fs::rename(&tmp, &self.status_path);
         }
     }
+}
+
+fn percentile(samples: &Mutex<VecDeque<u32>>, q: f64) -> u32 {
+    let mut v: Vec<u32> = samples
+        .lock()
+        .expect("ingest stats")
+        .iter()
+        .copied()
+        .collect();
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 fn content_hash(topic: &str, payload: &[u8]) -> u64 {

@@ -2,6 +2,8 @@
 //! start-up that it honours conditional writes, and offers the few conditional-write helpers
 //! everything above uses. Nothing above this module builds store paths by hand.
 
+pub mod lease;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 

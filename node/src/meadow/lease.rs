@@ -1,0 +1,106 @@
+//! Leases for swarm-wide chores (compaction, clean-up): `_apiary/leases/<name>.json` names a
+//! holder and an expiry. Taking a free lease is a put-if-absent; the holder renews by
+//! rewriting it; an expired lease is taken over with put-if-match where the store has it
+//! (S3), else by delete and put-if-absent (a local directory, where nodes share one machine).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{FORMAT_VERSION, Meadow, encode_json};
+use crate::error::{ErrorKind, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub format_version: u32,
+    pub name: String,
+    pub holder: String,
+    /// ms since the Unix epoch
+    pub expires_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn path(name: &str) -> String {
+    format!("_apiary/leases/{name}.json")
+}
+
+/// The lease as stored, if any.
+pub async fn read(meadow: &Meadow, name: &str) -> Result<Option<Lease>> {
+    Ok(meadow
+        .get_json::<Lease>(&path(name))
+        .await?
+        .map(|v| v.value))
+}
+
+/// Take or renew lease `name` for `ttl`. `Ok(true)` when `holder` holds it afterwards.
+pub async fn acquire(meadow: &Meadow, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+    let rel = path(name);
+    let now = now_ms();
+    let body = encode_json(&Lease {
+        format_version: FORMAT_VERSION,
+        name: name.to_string(),
+        holder: holder.to_string(),
+        expires_ms: now + ttl.as_millis() as u64,
+    })?;
+    let Some(current) = meadow.get_json::<Lease>(&rel).await? else {
+        return meadow.put_if_absent(&rel, body).await;
+    };
+    if current.value.holder != holder && current.value.expires_ms > now {
+        return Ok(false);
+    }
+    match meadow
+        .put_if_match(&rel, body.clone(), current.version)
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind == ErrorKind::Conflict => Ok(false),
+        Err(e) if e.kind == ErrorKind::Unsupported => {
+            if current.value.holder == holder {
+                meadow.put(&rel, body).await.map(|_| true)
+            } else {
+                meadow.delete(&rel).await?;
+                meadow.put_if_absent(&rel, body).await
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_expired_leases_change_hands() {
+        let dir = tempfile::tempdir().unwrap();
+        let meadow = Meadow::open(dir.path().to_str().unwrap(), &Default::default())
+            .await
+            .unwrap();
+        let ttl = Duration::from_millis(300);
+        assert!(acquire(&meadow, "chore", "a", ttl).await.unwrap());
+        assert!(
+            !acquire(&meadow, "chore", "b", ttl).await.unwrap(),
+            "a holds it"
+        );
+        assert!(
+            acquire(&meadow, "chore", "a", ttl).await.unwrap(),
+            "a renews"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !acquire(&meadow, "chore", "b", ttl).await.unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "b takes the expired lease"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(read(&meadow, "chore").await.unwrap().unwrap().holder, "b");
+        assert!(!acquire(&meadow, "chore", "a", ttl).await.unwrap());
+    }
+}
