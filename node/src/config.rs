@@ -27,8 +27,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// An external broker, `mqtt://host:port`; none: start the embedded broker.
+    /// An external broker, `mqtt://host:port` or `mqtts://host:8883` (TLS); none: start the
+    /// embedded broker.
     pub url: Option<String>,
+    /// PEM file with the CA certificate(s) an `mqtts://` broker's certificate must chain
+    /// to; default: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
     /// Where the embedded broker listens.
     pub listen: String,
     /// Client id (stable, for a persistent session); default `apiary-<node id>`.
@@ -43,6 +47,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             url: None,
+            ca_file: None,
             listen: "127.0.0.1:1883".into(),
             client_id: None,
             username: None,

@@ -603,3 +603,141 @@ async fn a_full_write_ahead_log_holds_acks_until_commits_catch_up() {
     assert_eq!(st.acked, 5_000, "{st:?}");
     assert_eq!(st.held_acks, 0, "{st:?}");
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command.
+fn test_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=apiary test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    // mosquitto started as root reads its files as the `mosquitto` user: let it (and it must
+    // get through the temporary directories above too).
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::Permissions::from_mode(0o755);
+    for d in dir.ancestors().take(2) {
+        let _ = std::fs::set_permissions(d, open.clone());
+    }
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// mqtts:// to a broker whose certificate chains to `mqtt.ca_file`: messages land. Without
+/// that CA (system roots only) the node refuses the broker's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_an_external_broker() {
+    if mosquitto().is_none() {
+        return;
+    }
+    let s = Setup::new();
+    let certs = s.dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    test_certificates(&certs);
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let conf = certs.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "allow_anonymous true\npersistence false\nlistener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nlistener {plain_port} 127.0.0.1\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let frame = "tls.s.readings";
+    let (topic, route) = s.private_route(frame);
+    let mqtt = format!(
+        "url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = {:?}",
+        certs.join("ca.pem").display().to_string()
+    );
+    let node = Node::start(&s.config("t", &mqtt, &route), &s.log("t"));
+    publish("127.0.0.1", plain_port, &topic, 0..500, None, reading).await;
+    assert_eq!(
+        s.wait_for_rows(frame, 500, Duration::from_secs(60)),
+        (500, 500)
+    );
+    node.stop();
+
+    // The same broker without its CA: the certificate is refused, nothing is read.
+    let untrusted = Node::start(
+        &s.config(
+            "u",
+            &format!("url = \"mqtts://127.0.0.1:{tls_port}\""),
+            &route,
+        ),
+        &s.log("u"),
+    );
+    let log = std::fs::read_to_string(s.log("u")).unwrap();
+    assert!(
+        log.contains("UnknownIssuer") || log.contains("certificate"),
+        "the node says why it cannot connect:\n{log}"
+    );
+    untrusted.stop();
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

@@ -180,10 +180,10 @@ impl Ingest {
                 "ingest is enabled but has no routes (ingest.default_route = false and no [[ingest.routes]])",
             ));
         }
-        let (host, port, external) = match &mqtt.url {
+        let (host, port, external, tls) = match &mqtt.url {
             Some(url) => {
-                let (h, p) = parse_mqtt_url(url)?;
-                (h, p, true)
+                let (h, p, tls) = parse_mqtt_url(url)?;
+                (h, p, true, tls)
             }
             None => {
                 let addr = broker::start(&mqtt, config.max_payload.0 as usize)?;
@@ -192,11 +192,16 @@ impl Ingest {
                 } else {
                     addr.ip().to_string()
                 };
-                (host, addr.port(), false)
+                (host, addr.port(), false, false)
             }
         };
+        let transport = if tls {
+            Some(tls_transport(&mqtt)?)
+        } else {
+            None
+        };
         let broker_desc = if external {
-            format!("mqtt://{host}:{port}")
+            format!("{}://{host}:{port}", if tls { "mqtts" } else { "mqtt" })
         } else {
             format!("embedded at {host}:{port}")
         };
@@ -231,6 +236,9 @@ impl Ingest {
             .set_max_packet_size(inner.config.max_payload.0 as usize + (64 << 10), 64 << 10);
         if let (Some(u), Some(p)) = (&mqtt.username, &mqtt.password) {
             options.set_credentials(u, p);
+        }
+        if let Some(t) = transport {
+            options.set_transport(t);
         }
         let (client, eventloop) = AsyncClient::new(options, 10_000);
         let filters: Vec<String> = inner
@@ -284,31 +292,68 @@ impl Ingest {
     }
 }
 
-fn parse_mqtt_url(url: &str) -> Result<(String, u16)> {
+/// (host, port, TLS?) of a broker URL.
+fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool)> {
     let bad = |why: &str| {
         Error::invalid(format!(
-            "bad mqtt.url {url:?}: {why}; write mqtt://host:port"
+            "bad mqtt.url {url:?}: {why}; write mqtt://host:port or mqtts://host:port"
         ))
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-    match scheme {
-        "mqtt" | "tcp" => {}
-        "mqtts" | "ssl" => {
-            return Err(Error::unsupported(format!(
-                "mqtt.url {url:?}: TLS to the broker is not supported yet; use mqtt:// on a trusted network"
-            )));
-        }
+    let tls = match scheme {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
         _ => return Err(bad("unknown scheme")),
-    }
+    };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-        None => (rest, 1883),
+        None => (rest, if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
+}
+
+/// TLS to the broker: its certificate must chain to `ca_file` (or the system's roots).
+fn tls_transport(mqtt: &MqttConfig) -> Result<rumqttc::Transport> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &mqtt.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::invalid(format!("mqtt.ca_file {}: {e}", path.display())))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert
+                    .map_err(|e| Error::invalid(format!("mqtt.ca_file {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::invalid(format!("mqtt.ca_file {}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(Error::invalid(format!(
+                    "mqtt.ca_file {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("TLS set-up: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        Arc::new(config),
+    )))
 }
 
 fn now_ms() -> i64 {
@@ -1113,18 +1158,39 @@ mod tests {
     fn mqtt_urls() {
         assert_eq!(
             parse_mqtt_url("mqtt://10.0.0.2:1884").unwrap(),
-            ("10.0.0.2".into(), 1884)
+            ("10.0.0.2".into(), 1884, false)
         );
         assert_eq!(
             parse_mqtt_url("mqtt://broker").unwrap(),
-            ("broker".into(), 1883)
+            ("broker".into(), 1883, false)
         );
         assert_eq!(
-            parse_mqtt_url("mqtts://b:8883").unwrap_err().kind,
-            ErrorKind::Unsupported
+            parse_mqtt_url("mqtts://b").unwrap(),
+            ("b".into(), 8883, true)
         );
         assert!(parse_mqtt_url("http://b").is_err());
         assert!(parse_mqtt_url("mqtt://b:port").is_err());
         assert!(parse_mqtt_url("broker:1883").is_err());
+    }
+
+    #[test]
+    fn bad_ca_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let mqtt = |ca: &std::path::Path| MqttConfig {
+            ca_file: Some(ca.to_path_buf()),
+            ..MqttConfig::default()
+        };
+        let e = tls_transport(&mqtt(&empty)).err().unwrap();
+        assert!(e.message.contains("no PEM certificate"), "{e}");
+        let e = tls_transport(&mqtt(&dir.path().join("missing.pem")))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("mqtt.ca_file"), "{e}");
+        assert!(
+            tls_transport(&MqttConfig::default()).is_ok(),
+            "system roots"
+        );
     }
 }
