@@ -133,6 +133,9 @@ pub enum PayloadFormat {
     Jsonl,
     /// One CSV line per message, columns in the frame's order.
     Csv,
+    /// InfluxDB line protocol, one or more lines: `measurement,tag=v field=1.5,n=3i ts_ns`
+    /// gives columns `measurement`, the tags (text), the fields and `time`.
+    Influx,
 }
 
 #[derive(Debug, Clone, Deserialize)]

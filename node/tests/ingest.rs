@@ -741,3 +741,44 @@ async fn tls_to_an_external_broker() {
     let _ = broker.kill();
     let _ = broker.wait();
 }
+
+/// InfluxDB line protocol through the embedded broker: tags, typed fields and the line's own
+/// timestamp become columns of an auto-created frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influx_line_protocol_lands_with_its_timestamps() {
+    let s = Setup::new();
+    let port = free_port();
+    let cfg = s.config(
+        "i",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        "default_route = false\n[[ingest.routes]]\ntopic = \"telegraf/#\"\nframe = \"tg.s.metrics\"\nformat = \"influx\"\n",
+    );
+    let node = Node::start(&cfg, &s.log("i"));
+    publish("127.0.0.1", port, "telegraf/host1", 0..200, None, |i| {
+        format!(
+            "cpu,host=h{} id={i}i,load={}.25,busy={}\ncpu,host=h9 id={}i,load=0 {}",
+            i % 3,
+            i % 4,
+            i % 2 == 0,
+            i + 1000,
+            1_764_000_000_000_000_000u64 + i
+        )
+        .into_bytes()
+    })
+    .await;
+    let (n, d) = s.wait_for_rows("tg.s.metrics", 400, Duration::from_secs(60));
+    assert_eq!((n, d), (400, 400));
+    let (ok, out, err) = s.m.run(&[
+        "sql",
+        "SELECT count(time), min(time), count(DISTINCT host), sum(CAST(busy AS INT)) FROM tg.s.metrics",
+        "--format",
+        "csv",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("200,2025-11-24T16:00:00Z,4,100")
+            || out.contains("200,2025-11-24T16:00:00,4,100"),
+        "{out}"
+    );
+    node.stop();
+}

@@ -35,6 +35,11 @@ pub fn rows(
             .map(object)
             .collect::<Result<Vec<_>, _>>()?,
         PayloadFormat::Csv => vec![csv_row(text, csv_columns)?],
+        PayloadFormat::Influx => text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(influx_row)
+            .collect::<Result<Vec<_>, _>>()?,
     };
     if rows.is_empty() {
         return Err("payload has no rows".into());
@@ -50,6 +55,105 @@ pub fn rows(
         }
     }
     Ok(rows)
+}
+
+/// Split at `sep` where it is neither escaped with `\\` nor inside double quotes.
+fn split_unescaped(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One line of InfluxDB line protocol as a row.
+fn influx_row(line: &str) -> Result<Row, String> {
+    let shape = "expected InfluxDB line protocol `measurement[,tag=value...] field=value[,...] [timestamp]`";
+    let parts: Vec<&str> = split_unescaped(line.trim(), ' ')
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !(2..=3).contains(&parts.len()) {
+        return Err(format!("{shape}, got {line:?}"));
+    }
+    let mut row = Row::new();
+    let mut head = split_unescaped(parts[0], ',').into_iter();
+    let measurement = unescape(head.next().unwrap_or(""));
+    if measurement.is_empty() {
+        return Err(format!("{shape}: no measurement in {line:?}"));
+    }
+    row.insert("measurement".into(), Value::String(measurement));
+    let pair = |kv: &str| -> Result<(String, String), String> {
+        let p = split_unescaped(kv, '=');
+        match p.as_slice() {
+            [k, v] if !k.is_empty() && !v.is_empty() => Ok((unescape(k), v.to_string())),
+            _ => Err(format!("{shape}: bad key=value {kv:?}")),
+        }
+    };
+    for tag in head {
+        let (k, v) = pair(tag)?;
+        row.insert(k, Value::String(unescape(&v)));
+    }
+    for field in split_unescaped(parts[1], ',') {
+        let (k, v) = pair(field)?;
+        let value = if let Some(s) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            Value::String(unescape(s))
+        } else if let Some(n) = v.strip_suffix('i').or_else(|| v.strip_suffix('u')) {
+            Value::from(
+                n.parse::<i64>()
+                    .map_err(|_| format!("field {k}: bad integer {v:?}"))?,
+            )
+        } else if ["t", "T", "true", "True", "TRUE"].contains(&v.as_str()) {
+            Value::Bool(true)
+        } else if ["f", "F", "false", "False", "FALSE"].contains(&v.as_str()) {
+            Value::Bool(false)
+        } else {
+            let f: f64 = v
+                .parse()
+                .map_err(|_| format!("field {k}: bad value {v:?}"))?;
+            serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or_else(|| format!("field {k}: {v} is not a finite number"))?
+        };
+        row.insert(k, value);
+    }
+    if let Some(ts) = parts.get(2) {
+        let ns: i64 = ts
+            .parse()
+            .map_err(|_| format!("bad timestamp {ts:?}: nanoseconds since the epoch"))?;
+        let t = chrono::DateTime::from_timestamp_nanos(ns);
+        row.insert(
+            "time".into(),
+            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
+        );
+    }
+    Ok(row)
 }
 
 fn object(text: &str) -> Result<Row, String> {
@@ -183,7 +287,8 @@ pub fn infer_columns(route: &Route, rows: &[Row]) -> Result<Vec<(String, &'stati
         .iter()
         .map(|f| {
             let name = f.name().clone();
-            let t = if route.received_at.as_deref() == Some(name.as_str()) {
+            let influx_time = route.format == PayloadFormat::Influx && name == "time";
+            let t = if route.received_at.as_deref() == Some(name.as_str()) || influx_time {
                 "timestamp"
             } else if route.columns.contains_key(&name) {
                 "utf8"
@@ -333,5 +438,44 @@ mod tests {
         let idx: Vec<usize> = bad.iter().map(|b| b.0).collect();
         assert_eq!(idx, vec![1, 2]);
         assert!(bad[1].1.contains("partition column p"));
+    }
+
+    #[test]
+    fn influx_line_protocol() {
+        let row = influx_row(
+            r#"air\ quality,site=green\,house,room=1 temp=21.5,n=3i,ok=t,note="a \"b\"" 1764000000123456789"#,
+        )
+        .unwrap();
+        assert_eq!(row["measurement"], "air quality");
+        assert_eq!(row["site"], "green,house");
+        assert_eq!(row["room"], "1");
+        assert_eq!(row["temp"], 21.5);
+        assert_eq!(row["n"], 3);
+        assert_eq!(row["ok"], true);
+        assert_eq!(row["note"], "a \"b\"");
+        assert_eq!(row["time"], "2025-11-24T16:00:00.123456789Z");
+        let no_ts = influx_row("cpu load=0.5").unwrap();
+        assert!(!no_ts.contains_key("time"));
+        for (bad, says) in [
+            ("cpu", "expected InfluxDB line protocol"),
+            ("cpu load=", "bad key=value"),
+            (",t=1 x=1", "no measurement"),
+            ("cpu x=1 notatime", "bad timestamp"),
+            ("cpu x=12zi", "bad integer"),
+            ("cpu x=abc", "bad value"),
+            ("cpu x=1 2 3", "expected InfluxDB line protocol"),
+        ] {
+            let e = influx_row(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let mut r = Route::default_route();
+        r.format = PayloadFormat::Influx;
+        let two = rows(&r, &rec("# comment\ncpu a=1\n\ncpu a=2 5\n"), 1024, &[]).unwrap();
+        assert_eq!(two.len(), 2);
+        let cols = infer_columns(&r, &two).unwrap();
+        assert!(
+            cols.contains(&("time".to_string(), "timestamp")),
+            "{cols:?}"
+        );
     }
 }
