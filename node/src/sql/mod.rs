@@ -566,7 +566,8 @@ fn rewrite_time_travel(
     sql: &str,
     resolve: impl Fn(&[String]) -> Result<Resolved>,
 ) -> Result<(String, Vec<TableKeyAt>)> {
-    if !sql.to_ascii_lowercase().contains("version") {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("version") && !lower.contains(FRAME_AT) {
         return Ok((sql.to_string(), Vec::new()));
     }
     let toks = statement::tokenize(sql)?;

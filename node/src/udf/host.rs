@@ -21,7 +21,7 @@ wasmtime::component::bindgen!({
     path: "../udf-sdk/wit",
 });
 
-pub use apiary::udf::types::{DataType as WitType, Utf8Values, Values};
+pub use self::apiary::udf::types::{DataType as WitType, Utf8Values, Values};
 
 /// How often the epoch advances: the resolution of UDF time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
