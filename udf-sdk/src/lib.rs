@@ -143,6 +143,15 @@ impl Validity {
         self.len += 1;
     }
 
+    /// The finished column: its length and validity with `values`.
+    fn column(self, values: Values) -> Column {
+        Column {
+            len: self.len as u32,
+            validity: self.bits,
+            values,
+        }
+    }
+
     fn null(&mut self) {
         let len = self.len;
         let bits = self.bits.get_or_insert_with(|| {
@@ -186,11 +195,7 @@ macro_rules! primitive_ret {
                 out.validity.null();
             }
             fn finish(out: Self::Builder) -> Column {
-                Column {
-                    len: out.validity.len as u32,
-                    validity: out.validity.bits,
-                    values: Values::$variant(out.values),
-                }
+                out.validity.column(Values::$variant(out.values))
             }
         }
     };
@@ -220,11 +225,7 @@ impl Ret for bool {
         out.validity.null();
     }
     fn finish(out: Self::Builder) -> Column {
-        Column {
-            len: out.validity.len as u32,
-            validity: out.validity.bits,
-            values: Values::Boolean(out.values),
-        }
+        out.validity.column(Values::Boolean(out.values))
     }
 }
 
@@ -272,11 +273,7 @@ macro_rules! utf8_ret {
                 out.validity.null();
             }
             fn finish(out: Self::Builder) -> Column {
-                Column {
-                    len: out.validity.len as u32,
-                    validity: out.validity.bits,
-                    values: Values::Utf8(out.values),
-                }
+                out.validity.column(Values::Utf8(out.values))
             }
         }
     };
