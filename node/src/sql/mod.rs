@@ -73,6 +73,9 @@ pub struct Session {
     frames: Frames,
     pool: BeePool,
     ctx: SessionContext,
+    /// The session's state rebuilt on each bee's runtime, kept until the session changes
+    /// (building one re-registers every function: too slow to do per statement).
+    states: std::sync::Mutex<std::collections::HashMap<String, SessionState>>,
     bound: Arc<Bound>,
     udfs: Udfs,
     hive: Option<String>,
@@ -106,6 +109,7 @@ impl Session {
             pool,
             udfs,
             ctx,
+            states: Default::default(),
             bound,
             hive: None,
             box_name: None,
@@ -161,9 +165,15 @@ impl Session {
 
     /// The session's DataFusion state running on a chamber's runtime (memory pool, scratch).
     fn state_in(&self, chamber: &Chamber<'_>) -> SessionState {
-        SessionStateBuilder::new_from_existing(self.ctx.state())
-            .with_runtime_env(chamber.runtime_env())
-            .build()
+        let mut states = self.states.lock().expect("session states");
+        states
+            .entry(chamber.bee_id())
+            .or_insert_with(|| {
+                SessionStateBuilder::new_from_existing(self.ctx.state())
+                    .with_runtime_env(chamber.runtime_env())
+                    .build()
+            })
+            .clone()
     }
 
     async fn run_inner(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
@@ -286,6 +296,7 @@ impl Session {
 
     fn set_scope(&mut self, hive: Option<String>, box_name: Option<String>) {
         // DataFusion resolves one- and two-part names against its default catalog and schema.
+        self.states.lock().expect("session states").clear();
         let state = self.ctx.state_ref();
         let mut state = state.write();
         let opts = &mut state.config_mut().options_mut().catalog;
