@@ -125,6 +125,18 @@ pub trait Ret: Sized {
     fn push(self, out: &mut Self::Builder) -> Result<(), String>;
     fn push_null(out: &mut Self::Builder);
     fn finish(out: Self::Builder) -> Column;
+    /// Append a run of non-null results (the no-nulls fast path; fixed-width types override
+    /// it with one `Vec::extend` the compiler can vectorise).
+    #[inline]
+    fn extend(
+        out: &mut Self::Builder,
+        values: impl ExactSizeIterator<Item = Self>,
+    ) -> Result<(), String> {
+        for v in values {
+            v.push(out)?;
+        }
+        Ok(())
+    }
 }
 
 /// Validity bits, only materialised once a null shows up.
@@ -196,6 +208,21 @@ macro_rules! primitive_ret {
             }
             fn finish(out: Self::Builder) -> Column {
                 out.validity.column(Values::$variant(out.values))
+            }
+            #[inline]
+            fn extend(
+                out: &mut Self::Builder,
+                values: impl ExactSizeIterator<Item = Self>,
+            ) -> Result<(), String> {
+                if out.validity.bits.is_some() {
+                    for v in values {
+                        v.push(out)?;
+                    }
+                    return Ok(());
+                }
+                out.validity.len += values.len();
+                out.values.extend(values.map(|$v| $unwrap));
+                Ok(())
             }
         }
     };
