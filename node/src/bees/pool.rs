@@ -352,7 +352,11 @@ struct Release<'a> {
 impl Drop for Release<'_> {
     fn drop(&mut self) {
         let bee = &self.inner.bees[self.idx];
-        remove_files(&bee.scratch);
+        // Spill files delete themselves when dropped; sweep the scratch dir only when the
+        // task left some in use (a cancelled spill), not after every task.
+        if bee.env.disk_manager.used_disk_space() > 0 {
+            remove_files(&bee.scratch);
+        }
         *bee.task.lock().expect("bee lock") = None;
         bee.busy.store(false, Ordering::SeqCst);
         self.inner.free.lock().expect("pool lock").push(self.idx);
