@@ -87,6 +87,9 @@ struct Stats {
     commit_ms: Mutex<VecDeque<u32>>,
 }
 
+/// Messages turned from JSON rows into Arrow at a time when committing.
+const DECODE_CHUNK: usize = 8192;
+
 /// Commit durations kept for the percentiles in the status.
 const COMMIT_SAMPLES: usize = 1000;
 
@@ -844,7 +847,7 @@ impl Inner {
                 }
             }
         };
-        let mut batch: Option<RecordBatch> = None;
+        let mut batch: Option<Vec<RecordBatch>> = None;
         if let Some(def) = &def {
             let schema = crate::frames::arrow_schema(def)?;
             let csv_cols: Vec<String> = def
@@ -855,25 +858,30 @@ impl Inner {
                     !route.columns.contains_key(c) && route.received_at.as_deref() != Some(c)
                 })
                 .collect();
-            let mut rows: Vec<(usize, Row)> = Vec::new();
-            for (i, r) in records.iter().enumerate() {
-                match payload::rows(route, r, self.config.max_payload.0 as usize, &csv_cols) {
-                    Ok(rs) => rows.extend(rs.into_iter().map(|mut row| {
-                        row.retain(|k, _| schema.index_of(k).is_ok());
-                        (i, row)
-                    })),
-                    Err(e) => rejects.push((r, e)),
+            // JSON rows are bulky (a map per row): turn them into Arrow a chunk at a time.
+            let mut batches = Vec::new();
+            for (c, chunk) in records.chunks(DECODE_CHUNK).enumerate() {
+                let mut rows: Vec<(usize, Row)> = Vec::new();
+                for (j, r) in chunk.iter().enumerate() {
+                    if r.seq as i64 <= main_v {
+                        continue;
+                    }
+                    let i = c * DECODE_CHUNK + j;
+                    match payload::rows(route, r, self.config.max_payload.0 as usize, &csv_cols) {
+                        Ok(rs) => rows.extend(rs.into_iter().map(|mut row| {
+                            row.retain(|k, _| schema.index_of(k).is_ok());
+                            (i, row)
+                        })),
+                        Err(e) => rejects.push((r, e)),
+                    }
+                }
+                let (b, bad) = payload::decode_each(&schema, &def.partition_by, &rows);
+                batches.extend(b);
+                for (i, e) in bad {
+                    rejects.push((&records[i], e));
                 }
             }
-            let wanted: Vec<(usize, Row)> = rows
-                .into_iter()
-                .filter(|(i, _)| records[*i].seq as i64 > main_v)
-                .collect();
-            let (b, bad) = payload::decode_each(&schema, &def.partition_by, wanted);
-            batch = b;
-            for (i, e) in bad {
-                rejects.push((&records[i], e));
-            }
+            batch = Some(batches);
         } else if unroutable {
             for r in records {
                 let why = route
@@ -891,7 +899,7 @@ impl Inner {
         if !rejects.is_empty() {
             self.ensure_rejects_frame(&rej_frame).await?;
             let rb = payload::rejects_batch(&rejects);
-            self.append(&rej_frame, rb, key.route, last).await?;
+            self.append(&rej_frame, vec![rb], key.route, last).await?;
             self.state
                 .lock()
                 .expect("ingest lock")
@@ -902,9 +910,9 @@ impl Inner {
                 .fetch_add(rejects.len() as u64, Ordering::Relaxed);
         }
         if let Some(batch) = batch
-            && batch.num_rows() > 0
+            && batch.iter().any(|b| b.num_rows() > 0)
         {
-            let rows = batch.num_rows() as u64;
+            let rows = batch.iter().map(|b| b.num_rows() as u64).sum();
             self.append(&key.frame, batch, key.route, last).await?;
             self.state
                 .lock()
@@ -923,7 +931,7 @@ impl Inner {
     async fn append(
         &self,
         frame: &FrameName,
-        batch: RecordBatch,
+        batches: Vec<RecordBatch>,
         route: u32,
         version: u64,
     ) -> Result<()> {
@@ -938,7 +946,7 @@ impl Inner {
                     }),
                     session: Some(crate::frames::write_session(chamber.runtime_env())),
                 };
-                self.frames.append(h, b, f, vec![batch], ctx).await
+                self.frames.append(h, b, f, batches, ctx).await
             })
             .await
             .map(|_| ())

@@ -227,7 +227,7 @@ fn csv_row(line: &str, columns: &[String]) -> Result<Row, String> {
 pub fn decode(
     schema: &SchemaRef,
     partition_by: &[String],
-    rows: &[Row],
+    rows: &[&Row],
 ) -> Result<RecordBatch, String> {
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
@@ -253,18 +253,18 @@ pub fn decode(
 pub fn decode_each(
     schema: &SchemaRef,
     partition_by: &[String],
-    rows: Vec<(usize, Row)>,
+    rows: &[(usize, Row)],
 ) -> (Option<RecordBatch>, Vec<(usize, String)>) {
-    let all: Vec<Row> = rows.iter().map(|(_, r)| r.clone()).collect();
+    let all: Vec<&Row> = rows.iter().map(|(_, r)| r).collect();
     if let Ok(b) = decode(schema, partition_by, &all) {
         return (Some(b), vec![]);
     }
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for (i, row) in rows {
-        match decode(schema, partition_by, std::slice::from_ref(&row)) {
+        match decode(schema, partition_by, &[row]) {
             Ok(_) => good.push(row),
-            Err(e) => bad.push((i, e)),
+            Err(e) => bad.push((*i, e)),
         }
     }
     let batch = if good.is_empty() {
@@ -433,7 +433,7 @@ mod tests {
             (2, row(r#"{"id": 3}"#)),
             (3, row(r#"{"id": 4, "p": "b"}"#)),
         ];
-        let (batch, bad) = decode_each(&schema, &["p".to_string()], rows);
+        let (batch, bad) = decode_each(&schema, &["p".to_string()], &rows);
         assert_eq!(batch.unwrap().num_rows(), 2);
         let idx: Vec<usize> = bad.iter().map(|b| b.0).collect();
         assert_eq!(idx, vec![1, 2]);
