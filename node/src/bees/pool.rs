@@ -352,11 +352,7 @@ struct Release<'a> {
 impl Drop for Release<'_> {
     fn drop(&mut self) {
         let bee = &self.inner.bees[self.idx];
-        // Spill files delete themselves when dropped; sweep the scratch dir only when the
-        // task left some in use (a cancelled spill), not after every task.
-        if bee.env.disk_manager.used_disk_space() > 0 {
-            remove_files(&bee.scratch);
-        }
+        sweep_scratch(bee);
         *bee.task.lock().expect("bee lock") = None;
         bee.busy.store(false, Ordering::SeqCst);
         self.inner.free.lock().expect("pool lock").push(self.idx);
@@ -372,6 +368,25 @@ fn human_duration(d: Duration) -> String {
         format!("{} s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())
+    }
+}
+
+/// Empty a bee's scratch dir after a task. DataFusion's spill files (in its own
+/// sub-directory) delete themselves when dropped, so that one is walked only when the disk
+/// manager still counts bytes in use (a spill cut short); anything else is always removed.
+fn sweep_scratch(bee: &Bee) {
+    let Ok(entries) = std::fs::read_dir(&bee.scratch) else {
+        return;
+    };
+    let spill_in_use = bee.env.disk_manager.used_disk_space() > 0;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if spill_in_use {
+                remove_files(&entry.path());
+            }
+        } else {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
