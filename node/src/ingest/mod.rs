@@ -699,7 +699,8 @@ impl Inner {
             .expect("ingest lock")
             .versions
             .keys()
-            .map(|(f, rejects, _)| if *rejects { rejects_of(f) } else { f.clone() })
+            // Keys name the frame itself: the rejects frame for rejects markers.
+            .map(|(f, _, _)| f.clone())
             .collect();
         for (h, b, f) in frames {
             let name = format!("{h}.{b}.{f}");
