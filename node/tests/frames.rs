@@ -289,8 +289,8 @@ async fn checkpoint_replay(m: TestMeadow) {
     assert_eq!(info.version, 150);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_markers_are_read_back() {
+/// A local meadow with frame h.b.t (id, p) for the exactly-once marker tests.
+async fn marked_frame() -> (common::TestMeadow, apiary::Apiary) {
     let m = common::local();
     let ap = m.open().await;
     sql(
@@ -298,22 +298,33 @@ async fn exactly_once_markers_are_read_back() {
         "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.t (id BIGINT, p TEXT)",
     )
     .await;
+    (m, ap)
+}
+
+/// Append row `v` to h.b.t with the exactly-once marker (app id "app", version `v`).
+async fn append_marked(ap: &apiary::Apiary, v: i64) {
+    let ctx = apiary::frames::WriteCtx {
+        txn: Some(apiary::frames::Txn {
+            app_id: "app".into(),
+            version: v,
+        }),
+        session: None,
+    };
+    ap.frames()
+        .append("h", "b", "t", vec![batch(&[v], &["a"])], ctx)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_markers_are_read_back() {
+    let (_m, ap) = marked_frame().await;
     assert_eq!(
         ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
         None
     );
     for v in [7, 42] {
-        let ctx = apiary::frames::WriteCtx {
-            txn: Some(apiary::frames::Txn {
-                app_id: "app".into(),
-                version: v,
-            }),
-            session: None,
-        };
-        ap.frames()
-            .append("h", "b", "t", vec![batch(&[v], &["a"])], ctx)
-            .await
-            .unwrap();
+        append_marked(&ap, v).await;
     }
     assert_eq!(
         ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
@@ -330,25 +341,9 @@ async fn exactly_once_markers_are_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_markers_survive_checkpoints() {
-    let m = common::local();
-    let ap = m.open().await;
-    sql(
-        &ap,
-        "CREATE HIVE h; CREATE BOX h.b; CREATE TABLE h.b.t (id BIGINT, p TEXT)",
-    )
-    .await;
+    let (_m, ap) = marked_frame().await;
     for v in 1..=105i64 {
-        let ctx = apiary::frames::WriteCtx {
-            txn: Some(apiary::frames::Txn {
-                app_id: "app".into(),
-                version: v,
-            }),
-            session: None,
-        };
-        ap.frames()
-            .append("h", "b", "t", vec![batch(&[v], &["a"])], ctx)
-            .await
-            .unwrap();
+        append_marked(&ap, v).await;
     }
     let log = ap
         .frames()
