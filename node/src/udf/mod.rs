@@ -116,7 +116,6 @@ impl Udfs {
                 MAX_COMPONENT_BYTES >> 20
             )));
         }
-        host::check_header(&wasm)?;
         let sha256 = sha256_hex(&wasm);
         let runtime = self.runtime.clone();
         let (sha, bytes) = (sha256.clone(), wasm.clone());
