@@ -360,3 +360,63 @@ async fn exactly_once_markers_survive_checkpoints() {
         Some(105)
     );
 }
+
+/// Two nodes auto-creating the same frame from incoming messages: whoever makes the table,
+/// the other's later steps never replace it, so rows appended in between stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creators_keep_each_others_rows() {
+    let m = common::local();
+    let ap = m.open().await;
+    sql(&ap, "CREATE HIVE h; CREATE BOX h.b").await;
+    let def = |name: &str| {
+        FrameDef::new(
+            "h",
+            "b",
+            name,
+            cols(&[("id", "int64"), ("p", "string")]),
+            vec![],
+        )
+        .unwrap()
+    };
+
+    // A wins the registry entry and stalls before making the table; B's create finds A's
+    // definition, makes the table, and appends; then A carries on.
+    let (a, b) = (def("t"), def("t"));
+    assert!(ap.frames().registry().create_frame(&a).await.unwrap());
+    assert_eq!(
+        scalar(&ap, "SELECT count(*) FROM h.b.t").await,
+        0,
+        "readable meanwhile"
+    );
+    assert!(!ap.frames().create_frame(&b).await.unwrap());
+    ap.write("h", "b", "t", vec![batch(&[1, 2, 3], &["x", "y", "z"])])
+        .await
+        .unwrap();
+    assert!(!ap.frames().create_frame(&a).await.unwrap());
+    assert_eq!(scalar(&ap, "SELECT count(*) FROM h.b.t").await, 3);
+
+    // Many at once, on fresh frames: every append lands.
+    let ap = Arc::new(ap);
+    for round in 0..10 {
+        let name = format!("r{round}");
+        let mut tasks = Vec::new();
+        for w in 0..4i64 {
+            let (ap, def) = (ap.clone(), def(&name));
+            tasks.push(tokio::spawn(async move {
+                ap.frames().create_frame(&def).await.unwrap();
+                let (h, b, f) = (&def.hive, &def.box_name, &def.name);
+                ap.write(h, b, f, vec![batch(&[w, w + 10], &["a", "b"])])
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            scalar(&ap, &format!("SELECT count(*) FROM h.b.{name}")).await,
+            8,
+            "round {round}"
+        );
+    }
+}

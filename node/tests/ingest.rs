@@ -479,7 +479,8 @@ async fn two_nodes_share_one_subscription() {
                 .lines()
                 .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("connected"))
                 .collect();
-            eprintln!("node {name}:\n{}", notable.join("\n"));
+            let st = apiary::ingest::read_status(&s.dir.path().join(name));
+            eprintln!("node {name}: {st:?}\n{}", notable.join("\n"));
         }
     }
     assert_eq!(

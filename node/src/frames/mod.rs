@@ -15,7 +15,7 @@ use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitConflictError, CommitProperties, TransactionError};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use parquet::basic::Compression;
@@ -33,6 +33,8 @@ pub const CHECKPOINT_INTERVAL: u64 = 100;
 /// How often a losing committer re-reads and retries before giving up. Appends never conflict,
 /// so this only bounds contention (8 writers on one frame need a handful each).
 const COMMIT_RETRIES: usize = 200;
+/// The Delta table property holding the id of the frame definition the table belongs to.
+const FRAME_ID_KEY: &str = "apiary.frameId";
 
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,41 @@ impl Frame {
     }
 }
 
+/// Did creating a table fail because another writer created or replaced it meanwhile?
+fn lost_race(e: &DeltaTableError) -> bool {
+    match e {
+        DeltaTableError::VersionAlreadyExists(_) => true,
+        DeltaTableError::Transaction { source } => matches!(
+            source,
+            TransactionError::VersionAlreadyExists(_)
+                | TransactionError::CommitConflict(_)
+                | TransactionError::MaxCommitAttempts(_)
+        ),
+        // `SaveMode::ErrorIfExists` meeting a table made after we looked.
+        DeltaTableError::GenericError { source } => source.to_string().contains("already exists"),
+        _ => false,
+    }
+}
+
+fn metadata_changed(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(CommitConflictError::MetadataChanged)
+        }
+    )
+}
+
+/// The frame id a Delta table carries (`None` for tables made before ids existed).
+fn frame_id(table: &DeltaTable) -> Result<Option<&str>> {
+    Ok(table
+        .snapshot()?
+        .metadata()
+        .configuration()
+        .get(FRAME_ID_KEY)
+        .map(String::as_str))
+}
+
 /// The Arrow schema a frame stores (every column nullable; partition columns are checked
 /// for nulls on write).
 pub fn arrow_schema(def: &FrameDef) -> Result<SchemaRef> {
@@ -167,50 +204,73 @@ impl Frames {
     /// `Ok(false)` when an identical frame already existed.
     pub async fn create_frame(&self, def: &FrameDef) -> Result<bool> {
         let created = self.registry.create_frame(def).await?;
-        let url = self.table_url(&def.hive, &def.box_name, &def.name);
-        let mut table = self.builder(url)?.build()?;
-        let exists = table.verify_deltatable_existence().await?;
-        if exists {
-            table.load().await?;
-        }
-        if exists && !created {
-            return Ok(false); // a racing creator (or an earlier call) made the table
-        }
-        // A table left by a dropped frame of the same name is replaced: its cells are removed
-        // in the new table's first commit (and left for vacuum).
-        let mode = if exists {
-            SaveMode::Overwrite
+        // The table must carry the registered definition's id: ours, or a racing creator's.
+        let registered = if created {
+            def.clone()
         } else {
-            SaveMode::ErrorIfExists
+            self.registry
+                .frame(&def.hive, &def.box_name, &def.name)
+                .await?
         };
+        self.ensure_table(&registered).await?;
+        Ok(created)
+    }
+
+    /// Make the frame's Delta table the one of `def`: create it when missing, replace it when
+    /// it is left from a dropped frame of the same name (its cells are removed in the new
+    /// table's first commit and left for vacuum), and leave it alone when it already carries
+    /// `def.id`, because then a racing creator made it and may have appended to it since.
+    async fn ensure_table(&self, def: &FrameDef) -> Result<DeltaTable> {
+        let url = self.table_url(&def.hive, &def.box_name, &def.name);
         let schema = arrow_schema(def)?;
-        let mut builder = table
-            .create()
-            .with_table_name(&def.name)
-            .with_save_mode(mode)
-            .with_partition_columns(def.partition_by.clone())
-            .with_configuration_property(
-                TableProperty::CheckpointInterval,
-                Some(CHECKPOINT_INTERVAL.to_string()),
-            );
-        for field in schema.fields() {
-            let kernel_type = field
-                .data_type()
-                .try_into_kernel()
-                .map_err(|e| Error::internal(format!("column {}: {e}", field.name())))?;
-            builder = builder.with_column(field.name(), kernel_type, true, None);
-        }
-        match builder.await {
-            Ok(_) => Ok(created),
-            // Lost the race to create version 0 to a process creating the same frame.
-            Err(DeltaTableError::VersionAlreadyExists(_)) => Ok(created),
-            Err(DeltaTableError::Transaction { source })
-                if source.to_string().contains("already exists") =>
-            {
-                Ok(created)
+        // Each lost race means another writer made progress; a few rounds settle it.
+        for _ in 0..COMMIT_RETRIES {
+            let mut table = self.builder(url.clone())?.build()?;
+            let exists = table.verify_deltatable_existence().await?;
+            if exists {
+                table.load().await?;
+                if def.id.is_empty() || frame_id(&table)? == Some(def.id.as_str()) {
+                    return Ok(table);
+                }
             }
-            Err(e) => Err(Error::from(e).context(format!("creating frame {}", def.full_name()))),
+            let mode = if exists {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::ErrorIfExists
+            };
+            let mut builder = table
+                .create()
+                .with_table_name(&def.name)
+                .with_save_mode(mode)
+                .with_partition_columns(def.partition_by.clone())
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(CHECKPOINT_INTERVAL.to_string()),
+                )
+                // Our own key is not a Delta property: let it through.
+                .with_raise_if_key_not_exists(false)
+                .with_configuration([(FRAME_ID_KEY, Some(def.id.as_str()))]);
+            for field in schema.fields() {
+                let kernel_type = field
+                    .data_type()
+                    .try_into_kernel()
+                    .map_err(|e| Error::internal(format!("column {}: {e}", field.name())))?;
+                builder = builder.with_column(field.name(), kernel_type, true, None);
+            }
+            match builder.await {
+                Ok(table) => return Ok(table),
+                Err(e) if lost_race(&e) => {} // to another creator or replacer: look again
+                Err(e) => {
+                    return Err(
+                        Error::from(e).context(format!("creating frame {}", def.full_name()))
+                    );
+                }
+            }
         }
+        Err(Error::conflict(format!(
+            "creating frame {}: other writers kept changing its table; try again",
+            def.full_name()
+        )))
     }
 
     /// Open a frame at its latest version, or at `version` (time travel).
@@ -226,10 +286,22 @@ impl Frames {
             builder = builder.with_version(v as u64);
         }
         let table = match builder.load().await {
-            Ok(t) => t,
+            Ok(t) if version.is_some() || def.id.is_empty() => t,
+            Ok(t) if frame_id(&t)? == Some(def.id.as_str()) => t,
+            // The table is left from a dropped frame of this name: finish the creation
+            // rather than read or write the old one.
+            Ok(_) => self.ensure_table(&def).await?,
             Err(e) => {
                 let e = Error::from(e).context(format!("opening frame {h}.{b}.{f}"));
-                let Some(v) = version else { return Err(e) };
+                let Some(v) = version else {
+                    // Its creator has not made the table yet (or stopped before it).
+                    let t = self.builder(self.table_url(h, b, f))?.build()?;
+                    if !def.id.is_empty() && !t.verify_deltatable_existence().await? {
+                        let table = self.ensure_table(&def).await?;
+                        return Ok(Frame { def, table });
+                    }
+                    return Err(e);
+                };
                 // Asked for a version past the end: say so plainly.
                 let latest = self
                     .builder(self.table_url(h, b, f))?
@@ -314,17 +386,37 @@ impl Frames {
         if let Some(t) = ctx.txn {
             commit = commit.with_application_transaction(Transaction::new(t.app_id, t.version));
         }
-        let mut writer = frame.table.write(conformed);
-        if let Some(session) = ctx.session {
-            writer = writer.with_session_state(session);
-        }
-        let table = writer
-            .with_save_mode(mode)
-            .with_writer_properties(writer_properties())
-            .with_target_file_size(NonZeroU64::new(self.cell_target_bytes))
-            .with_commit_properties(commit)
-            .await
-            .map_err(|e| Error::from(e).context(format!("writing to {full}")))?;
+        let mut frame = frame;
+        let mut attempts = 0;
+        let table = loop {
+            let mut writer = frame.table.clone().write(conformed.clone());
+            if let Some(session) = &ctx.session {
+                writer = writer.with_session_state(session.clone());
+            }
+            let written = writer
+                .with_save_mode(mode)
+                .with_writer_properties(writer_properties())
+                .with_target_file_size(NonZeroU64::new(self.cell_target_bytes))
+                .with_commit_properties(commit.clone())
+                .await;
+            match written {
+                Ok(table) => break table,
+                // Two processes creating the same frame at once: deltalake commits the loser's
+                // identical table definition as a later version, which conflicts with appends
+                // based on the first. Not a real conflict while the frame is still this one.
+                Err(e) if metadata_changed(&e) && attempts < 3 => {
+                    attempts += 1;
+                    let again = self.open(h, b, f, None).await?;
+                    if again.def.id != frame.def.id {
+                        return Err(Error::from(e).context(format!(
+                            "writing to {full}: the frame was dropped and created again"
+                        )));
+                    }
+                    frame = again;
+                }
+                Err(e) => return Err(Error::from(e).context(format!("writing to {full}"))),
+            }
+        };
         let version = table.version().unwrap_or(0);
         let (cells, bytes) = added_cells(&table, version).await?;
         Ok(WriteReport {

@@ -26,6 +26,11 @@ pub struct Column {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FrameDef {
     pub format_version: u32,
+    /// Unique per creation: the frame's Delta table carries it too, so a table left by a
+    /// dropped frame of the same name is told apart from one a racing creator just made.
+    /// Empty in definitions written before ids existed.
+    #[serde(default)]
+    pub id: String,
     pub hive: String,
     #[serde(rename = "box")]
     pub box_name: String,
@@ -79,6 +84,7 @@ impl FrameDef {
         }
         Ok(FrameDef {
             format_version: FORMAT_VERSION,
+            id: uuid::Uuid::new_v4().simple().to_string(),
             hive: hive.into(),
             box_name: box_name.into(),
             name: name.into(),
