@@ -165,7 +165,7 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "[node]\nstate_dir = {:?}\n[meadow]\nuri = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[ingest]\ndefault_route = false\n[[ingest.routes]]\ntopic = \"bench/node\"\nframe = \"bench.s.readings\"\nreceived_at = \"received_at\"\n",
+            "[node]\nstate_dir = {:?}\n[meadow]\nuri = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[ingest]\ndefault_route = false\n[[ingest.routes]]\ntopic = \"bench/node\"\nframe = \"bench.s.readings\"\nreceived_at = \"received_at\"\n",
             state.display().to_string(),
             dir.path().join("meadow").display().to_string(),
         ),

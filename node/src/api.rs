@@ -45,6 +45,36 @@ pub struct Status {
     pub state: &'static str,
 }
 
+/// One node as the swarm sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwarmNode {
+    pub node_id: String,
+    pub name: String,
+    pub state: &'static str,
+    pub bees: usize,
+    pub idle_bees: usize,
+    pub temperature: f64,
+}
+
+/// The swarm: this node and the others beating into the same meadow.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwarmStatus {
+    pub nodes: Vec<SwarmNode>,
+}
+
+/// A frame and its figures at its latest version.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameSummary {
+    pub hive: String,
+    #[serde(rename = "box")]
+    pub box_name: String,
+    pub frame: String,
+    pub version: i64,
+    pub rows: u64,
+    pub cells: u64,
+    pub bytes: u64,
+}
+
 impl Apiary {
     /// Open the meadow (refusing one without conditional writes) and size the bees.
     pub async fn open(config: Config) -> Result<Apiary> {
@@ -165,6 +195,50 @@ impl Apiary {
     /// Run a `;`-separated script in a fresh session; one result per statement.
     pub async fn sql(&self, sql: &str) -> Result<Vec<QueryResult>> {
         self.session().run_script(sql).await
+    }
+
+    /// The swarm as this node sees it. Until nodes beat their hearts into the meadow (the
+    /// swarm work), that is a swarm of one: this node.
+    pub fn swarm_status(&self) -> SwarmStatus {
+        let bees = self.bee_status();
+        SwarmStatus {
+            nodes: vec![SwarmNode {
+                node_id: self.node_id.clone(),
+                name: self.name.clone(),
+                state: "alive",
+                bees: bees.len(),
+                idle_bees: bees.iter().filter(|b| b.state == "idle").count(),
+                temperature: self.colony_status().temperature,
+            }],
+        }
+    }
+
+    /// Every frame of every hive and box, with its figures.
+    pub async fn frame_list(&self) -> Result<Vec<FrameSummary>> {
+        let reg = self.frames.registry();
+        let mut out = Vec::new();
+        for h in reg.list_hives().await? {
+            for b in reg.list_boxes(&h).await? {
+                for f in reg.list_frames(&h, &b).await? {
+                    let info = match self.frames.info(&h, &b, &f).await {
+                        Ok(i) => i,
+                        // Dropped while we listed: not there any more.
+                        Err(e) if e.kind == crate::error::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    };
+                    out.push(FrameSummary {
+                        hive: h.clone(),
+                        box_name: b.clone(),
+                        frame: f,
+                        version: info.version,
+                        rows: info.row_count,
+                        cells: info.cell_count,
+                        bytes: info.total_bytes,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn status(&self) -> Status {

@@ -21,8 +21,45 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub ingest: IngestConfig,
     pub udf: UdfConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the HTTP API in `apiary node`.
+    pub enabled: bool,
+    /// Where it listens; port 0 picks a free one (logged in the "ready" line).
+    pub listen: String,
+    /// The bearer token clients must send; default: made at first start and kept in
+    /// `<state_dir>/api-token`.
+    pub token: Option<String>,
+    /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Largest SQL request body.
+    pub max_sql: ByteSize,
+    /// Largest UDF upload (a WebAssembly component).
+    pub max_udf: ByteSize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            token: None,
+            tls_cert: None,
+            tls_key: None,
+            max_sql: ByteSize(1 << 20),
+            max_udf: ByteSize(32 << 20),
+        }
+    }
+}
+
+/// Shortest token accepted from the config (a generated one has 64 hex digits).
+pub const MIN_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -416,6 +453,9 @@ impl Config {
         if let Some(v) = get("APIARY_MQTT_LISTEN") {
             self.mqtt.listen = v;
         }
+        if let Some(v) = get("APIARY_HTTP_LISTEN") {
+            self.http.listen = v;
+        }
         if let Some(v) = get("APIARY_LOG_FORMAT") {
             self.log.format = match v.as_str() {
                 "pretty" => LogFormat::Pretty,
@@ -442,6 +482,25 @@ impl Config {
         }
         if self.bees.count == Some(0) {
             return Err(Error::invalid("bees.count = 0: need at least one bee"));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::invalid(format!(
+                "http.listen = {:?}: write an address and port like 127.0.0.1:8080",
+                self.http.listen
+            )));
+        }
+        if let Some(t) = &self.http.token
+            && (t.len() < MIN_TOKEN_LEN || !t.chars().all(|c| c.is_ascii_graphic()))
+        {
+            return Err(Error::invalid(format!(
+                "http.token must be at least {MIN_TOKEN_LEN} printable \
+                 characters without spaces"
+            )));
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(Error::invalid(
+                "http.tls_cert and http.tls_key go together: set both for HTTPS, or neither",
+            ));
         }
         self.colony.validate()
     }
@@ -529,5 +588,27 @@ mod tests {
         assert!(e.message.contains("APIARY_UDF_TIMEOUT"), "{e}");
         let e = Config::from_toml("[udf]\nmemory = \"1GiB\"").unwrap_err();
         assert!(e.message.contains("unknown field `memory`"), "{e}");
+    }
+
+    #[test]
+    fn bad_http_settings_are_refused() {
+        let bad = |toml: &str| {
+            Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .message
+        };
+        assert!(bad("[http]\nlisten = \"localhost\"").contains("http.listen"));
+        assert!(bad("[http]\ntoken = \"short\"").contains("at least 16"));
+        assert!(bad("[http]\ntoken = \"has spaces in the token!\"").contains("without spaces"));
+        assert!(bad("[http]\ntls_cert = \"c.pem\"").contains("go together"));
+        let mut c = Config::default();
+        let e = c
+            .apply_env(|k| (k == "APIARY_HTTP_LISTEN").then(|| "nowhere".into()))
+            .unwrap_err();
+        assert!(e.message.contains("http.listen"), "{e}");
+        let ok = Config::from_toml("[http]\nlisten = \"0.0.0.0:0\"\ntoken = \"0123456789abcdef\"");
+        ok.unwrap().validate().unwrap();
     }
 }

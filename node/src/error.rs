@@ -18,6 +18,41 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The snake-case name the HTTP API (and its clients) use for the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ResourcesExhausted => "resources_exhausted",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::Conflict,
+            ErrorKind::Unsupported,
+            ErrorKind::InvalidInput,
+            ErrorKind::Busy,
+            ErrorKind::Timeout,
+            ErrorKind::ResourcesExhausted,
+            ErrorKind::Storage,
+            ErrorKind::Internal,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,

@@ -11,8 +11,9 @@ use apiary::config::{Config, LogFormat};
 use apiary::error::{Error, Result};
 use apiary::frames::{Column, FrameDef};
 use apiary::input::{self, InputFormat};
-use apiary::sql::QueryResult;
-use apiary::{Apiary, telemetry};
+use apiary::remote::{Remote, Scope};
+use apiary::sql::{QueryResult, Session};
+use apiary::{Apiary, output, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,13 @@ struct Cli {
     /// Log filter, e.g. info or apiary=debug [env: APIARY_LOG]
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Talk to a running node's HTTP API instead (sql, shell, udf, status, swarm, colony,
+    /// bees), e.g. http://pi.local:8080
+    #[arg(long, global = true, env = "APIARY_REMOTE")]
+    remote: Option<String>,
+    /// The remote node's API token
+    #[arg(long, global = true, env = "APIARY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +88,8 @@ enum Command {
     Bees,
     /// The colony model: temperature, regulation band, retried and abandoned tasks
     Colony,
+    /// The nodes of the swarm: state, bees, temperature
+    Swarm,
     /// MQTT ingestion of the node running with this state dir
     #[command(subcommand)]
     Ingest(IngestCmd),
@@ -163,7 +173,13 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&Error::internal(format!("cannot start the runtime: {e}"))),
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let work = async {
+        match &cli.remote {
+            Some(url) => run_remote(cli.command, url, cli.token.as_deref(), &config).await,
+            None => run(cli.command, config).await,
+        }
+    };
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -200,7 +216,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
     let apiary = Apiary::open(config).await?;
     let registry = apiary.frames().registry();
     match command {
-        Command::Node => run_node(&apiary).await,
+        Command::Node => run_node(apiary).await,
         Command::Sql { query, format } => {
             let mut session = apiary.session();
             for result in session.run_script(&query).await? {
@@ -208,7 +224,10 @@ async fn run(command: Command, config: Config) -> Result<()> {
             }
             Ok(())
         }
-        Command::Shell => shell(&apiary).await,
+        Command::Shell => {
+            let history = apiary.config().node.state_dir.join("shell_history");
+            shell(Target::Local(Box::new(apiary.session())), &history).await
+        }
         Command::Hive(HiveCmd::Create { name }) => registry.create_hive(&name).await.map(|_| ()),
         Command::Hive(HiveCmd::List) => print_lines(registry.list_hives().await?),
         Command::Box_(BoxCmd::Create { name }) => {
@@ -267,13 +286,95 @@ async fn run(command: Command, config: Config) -> Result<()> {
         Command::Status => print_json(&apiary.status()),
         Command::Bees => print_json(&apiary.bee_status()),
         Command::Colony => print_json(&apiary.colony_status()),
+        Command::Swarm => print_json(&apiary.swarm_status()),
         Command::Ingest(IngestCmd::Status) => unreachable!("handled before opening the meadow"),
     }
 }
 
-async fn run_node(apiary: &Apiary) -> Result<()> {
+/// The commands that work against a node's HTTP API.
+async fn run_remote(
+    command: Command,
+    url: &str,
+    token: Option<&str>,
+    config: &Config,
+) -> Result<()> {
+    let remote = Remote::new(url, token)?;
+    match command {
+        Command::Sql { query, format } => {
+            let mut target = Target::Remote(remote, Scope::default());
+            for result in target.run_script(&query).await? {
+                print_result(&result, format)?;
+            }
+            Ok(())
+        }
+        Command::Shell => {
+            let history = config.node.state_dir.join("shell_history");
+            shell(Target::Remote(remote, Scope::default()), &history).await
+        }
+        Command::Udf(UdfCmd::Add {
+            name,
+            file,
+            replace,
+        }) => {
+            let wasm = std::fs::read(&file)
+                .map_err(|e| Error::invalid(format!("cannot read {file}: {e}")))?;
+            print_json(&remote.udf_add(&name, wasm, replace).await?)
+        }
+        Command::Udf(UdfCmd::List) => print_json(&remote.get_json("/v1/udfs").await?),
+        Command::Udf(UdfCmd::Rm { name }) => remote.udf_remove(&name).await,
+        Command::Status => print_json(&remote.get_json("/v1/status").await?),
+        Command::Swarm => print_json(&remote.get_json("/v1/swarm").await?),
+        Command::Colony => print_json(&remote.get_json("/v1/colony").await?),
+        Command::Bees => print_json(&remote.get_json("/v1/bees").await?),
+        Command::Ingest(IngestCmd::Status) => print_json(&remote.get_json("/v1/ingest").await?),
+        _ => Err(Error::invalid(
+            "this command works on a meadow, not over --remote: use SQL (e.g. CREATE TABLE, \
+             INSERT) through `apiary --remote ... sql`",
+        )),
+    }
+}
+
+/// Where SQL runs: a session on this process's meadow, or a remote node.
+enum Target {
+    Local(Box<Session>),
+    Remote(Remote, Scope),
+}
+
+impl Target {
+    async fn run_script(&mut self, sql: &str) -> Result<Vec<QueryResult>> {
+        match self {
+            Target::Local(session) => session.run_script(sql).await,
+            Target::Remote(remote, scope) => {
+                let statements = apiary::sql::statement::split(sql)?;
+                if statements.is_empty() {
+                    return Err(Error::invalid("no SQL statement given"));
+                }
+                let mut results = Vec::with_capacity(statements.len());
+                for s in statements {
+                    results.push(remote.sql(&s, scope).await?);
+                }
+                Ok(results)
+            }
+        }
+    }
+
+    fn scope(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Target::Local(s) => (s.hive(), s.box_name()),
+            Target::Remote(_, scope) => (scope.hive.as_deref(), scope.box_name.as_deref()),
+        }
+    }
+}
+
+async fn run_node(apiary: Apiary) -> Result<()> {
+    let apiary = std::sync::Arc::new(apiary);
     let ingest = if apiary.config().ingest.enabled {
         Some(apiary.start_ingest().await?)
+    } else {
+        None
+    };
+    let http = if apiary.config().http.enabled {
+        Some(apiary::http::serve(apiary.clone(), &apiary.config().http).await?)
     } else {
         None
     };
@@ -284,12 +385,16 @@ async fn run_node(apiary: &Apiary) -> Result<()> {
         storage = %status.storage_uri,
         bees = status.bees,
         memory_per_bee_mb = status.memory_per_bee_mb,
+        http = %http.as_ref().map(|h| h.url()).unwrap_or_else(|| "off".into()),
         "apiary node ready"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    if let Some(http) = http {
+        http.shutdown().await;
     }
     if let Some(ingest) = ingest {
         ingest.shutdown().await;
@@ -411,43 +516,32 @@ fn print_result(result: &QueryResult, format: Format) -> Result<()> {
                 arrow::util::pretty::pretty_format_batches(batches)?
             )?;
         }
-        Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut out);
-            for b in batches {
-                w.write(b)?;
-            }
-        }
-        Format::Json => {
-            let mut w = arrow::json::ArrayWriter::new(&mut out);
-            for b in batches {
-                w.write(b)?;
-            }
-            w.finish()?;
-            drop(w);
-            writeln!(out)?;
-        }
-        Format::Arrow => {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
-            for b in batches {
-                w.write(b)?;
-            }
-            w.finish()?;
-        }
+        Format::Csv => out.write_all(&output::encode(
+            output::Format::Csv,
+            &result.schema,
+            batches,
+        )?)?,
+        Format::Json => out.write_all(&output::encode(
+            output::Format::Json,
+            &result.schema,
+            batches,
+        )?)?,
+        Format::Arrow => out.write_all(&output::encode(
+            output::Format::Arrow,
+            &result.schema,
+            &result.batches,
+        )?)?,
     }
     Ok(())
 }
 
-async fn shell(apiary: &Apiary) -> Result<()> {
-    let mut session = apiary.session();
-    let history = apiary.config().node.state_dir.join("shell_history");
+async fn shell(mut target: Target, history: &std::path::Path) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new()
         .map_err(|e| Error::internal(format!("cannot start the shell: {e}")))?;
-    let _ = editor.load_history(&history);
+    let _ = editor.load_history(history);
     let mut pending = String::new();
     loop {
-        let scope = match (session.hive(), session.box_name()) {
+        let scope = match target.scope() {
             (Some(h), Some(b)) => format!("{h}.{b}"),
             (Some(h), None) => h.to_string(),
             _ => String::new(),
@@ -482,7 +576,7 @@ async fn shell(apiary: &Apiary) -> Result<()> {
             continue;
         }
         let _ = editor.add_history_entry(pending.trim());
-        match session.run_script(&pending).await {
+        match target.run_script(&pending).await {
             Ok(results) => {
                 for r in results {
                     print_result(&r, Format::Table)?;
@@ -495,6 +589,6 @@ async fn shell(apiary: &Apiary) -> Result<()> {
     if let Some(dir) = history.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = editor.save_history(&history);
+    let _ = editor.save_history(history);
     Ok(())
 }

@@ -4,10 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestMeadow;
+use common::{Node, TestMeadow, test_certificates};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// The external broker scripts/test started, or `None` (plain `cargo test`).
@@ -32,83 +32,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    /// Start `apiary node` with this config body and wait until it says it is ready.
-    fn start(config: &Path, log: &Path) -> Node {
-        let err = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_apiary"))
-            .arg("--config")
-            .arg(config)
-            .arg("node")
-            .env_remove("APIARY_STORAGE")
-            .env(
-                "APIARY_LOG",
-                std::env::var("APIARY_TEST_NODE_LOG")
-                    .unwrap_or_else(|_| "warn,apiary=info,rumqttd=off".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let mut node = Node {
-            child,
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // The log is appended to across restarts: wait for one more "ready" line.
-        let before = std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .matches("apiary node ready")
-            .count();
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text.matches("apiary node ready").count() > before {
-                break;
-            }
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("node exited ({status}) before it was ready:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "node not ready in time:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        node
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn stop(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "node exit: {status}\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
-
-/// A test that fails half-way must not leave its nodes running.
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 struct Setup {
     m: TestMeadow,
     dir: tempfile::TempDir,
@@ -131,7 +54,7 @@ impl Setup {
         std::fs::write(
             &path,
             format!(
-                "[node]\nstate_dir = {:?}\n[meadow]\nuri = {:?}\n[mqtt]\n{mqtt}\n[ingest]\n{}shared_group = {:?}\n{ingest}\n",
+                "[node]\nstate_dir = {:?}\n[meadow]\nuri = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt}\n[ingest]\n{}shared_group = {:?}\n{ingest}\n",
                 state.display().to_string(),
                 self.m.uri,
                 if ingest.contains("max_latency") {
@@ -603,77 +526,6 @@ async fn a_full_write_ahead_log_holds_acks_until_commits_catch_up() {
     assert!(st.ack_pauses > 0, "acks were held back: {st:?}");
     assert_eq!(st.acked, 5_000, "{st:?}");
     assert_eq!(st.held_acks, 0, "{st:?}");
-}
-
-/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command.
-fn test_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (scripts/setup installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=apiary test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    // mosquitto started as root reads its files as the `mosquitto` user: let it (and it must
-    // get through the temporary directories above too).
-    use std::os::unix::fs::PermissionsExt;
-    let open = std::fs::Permissions::from_mode(0o755);
-    for d in dir.ancestors().take(2) {
-        let _ = std::fs::set_permissions(d, open.clone());
-    }
-    for f in ["ca.pem", "server.pem", "server.key"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
 }
 
 /// mqtts:// to a broker whose certificate chains to `mqtt.ca_file`: messages land. Without

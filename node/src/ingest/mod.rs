@@ -276,6 +276,8 @@ impl Ingest {
         if wait.is_err() {
             tracing::warn!(broker = %inner.broker_desc, "not subscribed yet: the MQTT broker does not answer; retrying in the background");
         }
+        // The status file is there from the start (not only after the first second).
+        inner.write_status();
         tracing::info!(broker = %inner.broker_desc, routes = inner.routes.len(), "ingest started");
         Ok(Ingest { inner, stop, tasks })
     }

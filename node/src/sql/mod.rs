@@ -17,6 +17,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::tokenizer::{Token, Word};
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use self::catalog::{Bound, FRAME_AT, FrameAt, HiveList, TableKey};
 use self::statement::{Name, Statement};
@@ -65,6 +67,27 @@ impl QueryResult {
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
+}
+
+/// One piece of a streamed result (`Session::run_streamed`).
+#[derive(Debug)]
+pub enum Output {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// The bytes a finished plan spilled to the chamber's scratch dir (logged when any).
+fn log_spill(chamber: &Chamber<'_>, physical: &dyn ExecutionPlan) -> u64 {
+    let spilled = spilled_bytes(physical);
+    if spilled > 0 {
+        tracing::info!(
+            bee = %chamber.bee_id(),
+            spilled_bytes = spilled,
+            scratch = %chamber.scratch().display(),
+            "query spilled to the bee's scratch dir"
+        );
+    }
+    spilled as u64
 }
 
 /// A SQL session: the current hive and box (`USE`) persist across its statements. Each
@@ -176,8 +199,75 @@ impl Session {
             .clone()
     }
 
+    /// Run one statement and send its result to `out` as it is produced: the schema, then
+    /// each batch. A query's batches are computed as the receiver takes them (the channel's
+    /// bound is the memory a slow reader can hold up); the chamber stays busy until the last
+    /// one, and a receiver that goes away stops the query.
+    pub async fn run_streamed(&mut self, sql: &str, out: mpsc::Sender<Output>) -> Result<()> {
+        let pool = self.pool.clone();
+        let result = pool
+            .run(sql, async |chamber| {
+                let statement = statement::parse(sql)?;
+                let Statement::Query(q) = statement else {
+                    let r = self.run_statement(chamber, statement).await?;
+                    if out.send(Output::Schema(r.schema)).await.is_ok() {
+                        for b in r.batches {
+                            if out.send(Output::Batch(b)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    return Ok(());
+                };
+                let (schema, physical, state) = self.plan(chamber, &q).await?;
+                if out.send(Output::Schema(schema)).await.is_err() {
+                    return Ok(());
+                }
+                let mut stream =
+                    datafusion::physical_plan::execute_stream(physical.clone(), state.task_ctx())?;
+                while let Some(batch) = stream.next().await {
+                    if out.send(Output::Batch(batch?)).await.is_err() {
+                        return Ok(()); // the receiver left: dropping the stream stops the query
+                    }
+                }
+                log_spill(chamber, physical.as_ref());
+                Ok(())
+            })
+            .await;
+        self.bound.clear();
+        result
+    }
+
+    /// Set the current hive and box as `USE` would (both checked to exist).
+    pub async fn use_scope(
+        &mut self,
+        hive: Option<String>,
+        box_name: Option<String>,
+    ) -> Result<()> {
+        let registry = self.frames.registry();
+        match (&hive, &box_name) {
+            (Some(h), Some(b)) => registry.require_box(h, b).await?,
+            (Some(h), None) => registry.require_hive(h).await?,
+            (None, Some(b)) => {
+                return Err(Error::invalid(format!("box {b} given without its hive")));
+            }
+            (None, None) => return Ok(()),
+        }
+        self.set_scope(hive, box_name);
+        Ok(())
+    }
+
     async fn run_inner(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
-        match statement::parse(sql)? {
+        let statement = statement::parse(sql)?;
+        self.run_statement(chamber, statement).await
+    }
+
+    async fn run_statement(
+        &mut self,
+        chamber: &Chamber<'_>,
+        statement: Statement,
+    ) -> Result<QueryResult> {
+        match statement {
             Statement::Query(q) => self.query(chamber, &q).await,
             Statement::UseHive(h) => {
                 self.frames.registry().require_hive(&h).await?;
@@ -362,9 +452,25 @@ impl Session {
         }
     }
 
-    /// Run a query through DataFusion: rewrite time travel, bind frames, plan, execute in
-    /// the chamber.
+    /// Run a query through DataFusion in the chamber and collect its result.
     async fn query(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
+        let (schema, physical, state) = self.plan(chamber, sql).await?;
+        let batches =
+            datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await?;
+        Ok(QueryResult {
+            schema,
+            batches,
+            spilled_bytes: log_spill(chamber, physical.as_ref()),
+        })
+    }
+
+    /// Plan a query: rewrite time travel, bind frames and UDFs, and make the physical plan
+    /// that runs on the chamber's runtime.
+    async fn plan(
+        &mut self,
+        chamber: &Chamber<'_>,
+        sql: &str,
+    ) -> Result<(SchemaRef, Arc<dyn ExecutionPlan>, SessionState)> {
         let (sql, versions) = rewrite_time_travel(sql, |parts| self.resolve(parts))?;
         for (h, b, f, v) in versions {
             self.bind((h, b, f, Some(v))).await?;
@@ -391,22 +497,7 @@ impl Session {
             .map_err(|e| Error::unsupported(e.strip_backtrace()))?;
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let physical = state.create_physical_plan(&plan).await?;
-        let batches =
-            datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await?;
-        let spilled = spilled_bytes(physical.as_ref());
-        if spilled > 0 {
-            tracing::info!(
-                bee = %chamber.bee_id(),
-                spilled_bytes = spilled,
-                scratch = %chamber.scratch().display(),
-                "query spilled to the bee's scratch dir"
-            );
-        }
-        Ok(QueryResult {
-            schema,
-            batches,
-            spilled_bytes: spilled as u64,
-        })
+        Ok((schema, physical, state))
     }
 
     /// Make the meadow's UDFs that the statement calls known to its planner, bound to the

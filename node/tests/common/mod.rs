@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use apiary::Apiary;
 use apiary::config::Config;
@@ -164,4 +166,193 @@ pub fn udf_example(name: &str) -> std::path::PathBuf {
 
 pub fn udf_wasm(name: &str) -> bytes::Bytes {
     std::fs::read(udf_example(name)).unwrap().into()
+}
+
+/// Log text without terminal colour codes.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An `apiary node` process with its log file.
+pub struct Node {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Start `apiary node` with this config body and wait until it says it is ready.
+    pub fn start(config: &Path, log: &Path) -> Node {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+            .arg("--config")
+            .arg(config)
+            .arg("node")
+            .env_remove("APIARY_STORAGE")
+            .env(
+                "APIARY_LOG",
+                std::env::var("APIARY_TEST_NODE_LOG")
+                    .unwrap_or_else(|_| "warn,apiary=info,rumqttd=off".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut node = Node {
+            child,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The log is appended to across restarts: wait for one more "ready" line.
+        let before = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("apiary node ready")
+            .count();
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.matches("apiary node ready").count() > before {
+                break;
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("node exited ({status}) before it was ready:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "node not ready in time:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+
+    /// The node's HTTP API (`http://127.0.0.1:<port>`), from its latest "ready" line.
+    pub fn http_url(&self) -> String {
+        let text = strip_ansi(&std::fs::read_to_string(&self.log).unwrap());
+        let line = text
+            .lines()
+            .rfind(|l| l.contains("apiary node ready"))
+            .expect("a ready line");
+        let at = line
+            .find(" http=")
+            .expect("the ready line names the HTTP address")
+            + 6;
+        line[at..].split_whitespace().next().unwrap().to_string()
+    }
+
+    /// The token the node made in its state dir.
+    pub fn token(state_dir: &Path) -> String {
+        std::fs::read_to_string(state_dir.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    pub fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "node exit: {status}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+/// A test that fails half-way must not leave its nodes running.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command.
+pub fn test_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=apiary test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    // mosquitto started as root reads its files as the `mosquitto` user: let it (and it must
+    // get through the temporary directories above too).
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::Permissions::from_mode(0o755);
+    for d in dir.ancestors().take(2) {
+        let _ = std::fs::set_permissions(d, open.clone());
+    }
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
 }
