@@ -50,16 +50,22 @@ pub struct Status {
 pub struct SwarmNode {
     pub node_id: String,
     pub name: String,
+    /// alive, suspect or dead
     pub state: &'static str,
     pub bees: usize,
     pub idle_bees: usize,
-    pub temperature: f64,
+    /// Memory reserved in its chambers / their budgets, 0..1.
+    pub memory_pressure: f64,
+    pub colony_temperature: f64,
 }
 
-/// The swarm: this node and the others beating into the same meadow.
+/// The swarm: this node and the others beating into the same meadow; totals over alive nodes.
 #[derive(Debug, Clone, Serialize)]
 pub struct SwarmStatus {
     pub nodes: Vec<SwarmNode>,
+    pub alive: usize,
+    pub total_bees: usize,
+    pub total_idle_bees: usize,
 }
 
 /// A frame and its figures at its latest version.
@@ -160,13 +166,39 @@ impl Apiary {
         f: &str,
         batches: Vec<RecordBatch>,
     ) -> Result<WriteReport> {
+        self.store(h, b, f, batches, false).await
+    }
+
+    /// Replace a frame's rows with these, in one commit.
+    pub async fn overwrite(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<WriteReport> {
+        self.store(h, b, f, batches, true).await
+    }
+
+    async fn store(
+        &self,
+        h: &str,
+        b: &str,
+        f: &str,
+        batches: Vec<RecordBatch>,
+        overwrite: bool,
+    ) -> Result<WriteReport> {
         self.pool
             .run(&format!("write {h}.{b}.{f}"), async |chamber| {
                 let ctx = WriteCtx {
                     txn: None,
                     session: Some(crate::frames::write_session(chamber.runtime_env())),
                 };
-                self.frames.append(h, b, f, batches, ctx).await
+                if overwrite {
+                    self.frames.overwrite(h, b, f, batches, ctx).await
+                } else {
+                    self.frames.append(h, b, f, batches, ctx).await
+                }
             })
             .await
     }
@@ -201,15 +233,26 @@ impl Apiary {
     /// swarm work), that is a swarm of one: this node.
     pub fn swarm_status(&self) -> SwarmStatus {
         let bees = self.bee_status();
+        let budget: u64 = bees.iter().map(|b| b.memory_budget).sum();
+        let used: u64 = bees.iter().map(|b| b.memory_used).sum();
+        let me = SwarmNode {
+            node_id: self.node_id.clone(),
+            name: self.name.clone(),
+            state: "alive",
+            bees: bees.len(),
+            idle_bees: bees.iter().filter(|b| b.state == "idle").count(),
+            memory_pressure: if budget == 0 {
+                0.0
+            } else {
+                used as f64 / budget as f64
+            },
+            colony_temperature: self.colony_status().temperature,
+        };
         SwarmStatus {
-            nodes: vec![SwarmNode {
-                node_id: self.node_id.clone(),
-                name: self.name.clone(),
-                state: "alive",
-                bees: bees.len(),
-                idle_bees: bees.iter().filter(|b| b.state == "idle").count(),
-                temperature: self.colony_status().temperature,
-            }],
+            alive: 1,
+            total_bees: me.bees,
+            total_idle_bees: me.idle_bees,
+            nodes: vec![me],
         }
     }
 

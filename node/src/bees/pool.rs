@@ -303,7 +303,11 @@ impl BeePool {
         let bee = &inner.bees[idx];
         *bee.task.lock().expect("bee lock") = Some(label.chars().take(200).collect());
         bee.busy.store(true, Ordering::SeqCst);
-        let _release = Release { inner, idx };
+        let _release = Release {
+            inner,
+            idx,
+            _permit: permit,
+        };
         self.temperature();
         let chamber = Chamber {
             bee,
@@ -319,7 +323,6 @@ impl BeePool {
                 ),
             )),
         };
-        drop(permit);
         result.map_err(|e| {
             if e.kind == ErrorKind::ResourcesExhausted {
                 e.context(format!(
@@ -343,10 +346,12 @@ impl Drop for Decrement<'_> {
     }
 }
 
-/// Returns a bee to the pool (also when its task is cancelled) with a clean scratch dir.
+/// Returns a bee to the pool (also when its task is cancelled) with a clean scratch dir,
+/// then its permit: a waiter woken by the permit must find the bee free.
 struct Release<'a> {
     inner: &'a Inner,
     idx: usize,
+    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl Drop for Release<'_> {
@@ -526,5 +531,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count_files(&dir), 0);
+    }
+
+    /// Queued tasks take over bees as others finish: none finds its permit without a bee.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn queued_tasks_always_find_a_free_bee() {
+        let (p, _d) = pool(2, 64, Duration::from_secs(30));
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                p.run(&format!("t{i}"), async |_c| {
+                    tokio::task::yield_now().await;
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), i);
+        }
+        assert!(p.bee_status().iter().all(|b| b.state == "idle"));
     }
 }

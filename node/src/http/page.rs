@@ -83,7 +83,7 @@ pub async fn page(State(st): State<Arc<AppState>>) -> ApiResult<Html<String>> {
             n.state,
             n.idle_bees,
             n.bees,
-            n.temperature
+            n.colony_temperature
         );
     }
     h.push_str("</table>");
