@@ -33,6 +33,8 @@ pub const CHECKPOINT_INTERVAL: u64 = 100;
 /// How often a losing committer re-reads and retries before giving up. Appends never conflict,
 /// so this only bounds contention (8 writers on one frame need a handful each).
 const COMMIT_RETRIES: usize = 200;
+/// Frames whose latest snapshot is kept between opens.
+const SNAPSHOT_CACHE: usize = 64;
 /// The Delta table property holding the id of the frame definition the table belongs to.
 const FRAME_ID_KEY: &str = "apiary.frameId";
 
@@ -165,6 +167,9 @@ pub struct Frames {
     meadow: Meadow,
     registry: Registry,
     cell_target_bytes: u64,
+    /// Latest snapshots by frame id (ids are unique per creation, so a re-created frame
+    /// never finds its predecessor's).
+    snapshots: Arc<std::sync::Mutex<std::collections::HashMap<String, DeltaTable>>>,
 }
 
 impl Frames {
@@ -174,6 +179,7 @@ impl Frames {
             registry: Registry::new(meadow.clone()),
             meadow,
             cell_target_bytes,
+            snapshots: Default::default(),
         }
     }
 
@@ -276,6 +282,43 @@ impl Frames {
     /// Open a frame at its latest version, or at `version` (time travel).
     pub async fn open(&self, h: &str, b: &str, f: &str, version: Option<i64>) -> Result<Frame> {
         let def = self.registry.frame(h, b, f).await?;
+        if version.is_none() && !def.id.is_empty() {
+            // The snapshot of an earlier open, brought forward by reading only the log
+            // entries committed since (a full load replays the log from its checkpoint).
+            let cached = self
+                .snapshots
+                .lock()
+                .expect("snapshots")
+                .get(&def.id)
+                .cloned();
+            if let Some(mut table) = cached {
+                table.update_incremental(None).await?;
+                self.remember(&def, &table);
+                return Ok(Frame { def, table });
+            }
+        }
+        let frame = self.load(def, version).await?;
+        if version.is_none() {
+            self.remember(&frame.def, &frame.table);
+        }
+        Ok(frame)
+    }
+
+    /// Keep a frame's latest snapshot for the next open (a few frames' worth).
+    fn remember(&self, def: &FrameDef, table: &DeltaTable) {
+        if def.id.is_empty() || frame_id(table).ok().flatten() != Some(def.id.as_str()) {
+            return;
+        }
+        let mut cache = self.snapshots.lock().expect("snapshots");
+        if cache.len() >= SNAPSHOT_CACHE && !cache.contains_key(&def.id) {
+            cache.clear(); // simple and bounded; the next opens refill it
+        }
+        cache.insert(def.id.clone(), table.clone());
+    }
+
+    async fn load(&self, def: FrameDef, version: Option<i64>) -> Result<Frame> {
+        let (h, b, f) = (def.hive.clone(), def.box_name.clone(), def.name.clone());
+        let (h, b, f) = (h.as_str(), b.as_str(), f.as_str());
         let mut builder = self.builder(self.table_url(h, b, f))?;
         if let Some(v) = version {
             if v < 0 {
