@@ -269,9 +269,10 @@ async fn run(command: Command, config: Config) -> Result<()> {
             file,
             replace,
         }) => {
-            let wasm = std::fs::read(&file)
-                .map_err(|e| Error::invalid(format!("cannot read {file}: {e}")))?;
-            let m = apiary.udfs().add(&name, wasm.into(), replace).await?;
+            let m = apiary
+                .udfs()
+                .add(&name, read_file(&file)?.into(), replace)
+                .await?;
             println!(
                 "{}({}) -> {}  sha256 {}",
                 m.name,
@@ -315,11 +316,7 @@ async fn run_remote(
             name,
             file,
             replace,
-        }) => {
-            let wasm = std::fs::read(&file)
-                .map_err(|e| Error::invalid(format!("cannot read {file}: {e}")))?;
-            print_json(&remote.udf_add(&name, wasm, replace).await?)
-        }
+        }) => print_json(&remote.udf_add(&name, read_file(&file)?, replace).await?),
         Command::Udf(UdfCmd::List) => print_json(&remote.get_json("/v1/udfs").await?),
         Command::Udf(UdfCmd::Rm { name }) => remote.udf_remove(&name).await,
         Command::Status => print_json(&remote.get_json("/v1/status").await?),
@@ -478,6 +475,10 @@ async fn write_file(
         report.rows_written, report.cells_written, report.bytes_written, report.version
     );
     Ok(())
+}
+
+fn read_file(file: &str) -> Result<Vec<u8>> {
+    std::fs::read(file).map_err(|e| Error::invalid(format!("cannot read {file}: {e}")))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

@@ -7,17 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Node, test_certificates};
+use common::{Node, free_port, test_certificates};
 use futures::StreamExt;
 use reqwest::StatusCode;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A node on `meadow` with its state in `dir/<name>`, HTTP on a free port, the embedded MQTT
 /// broker on another, and `extra` TOML appended.

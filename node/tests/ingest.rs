@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Node, TestMeadow, test_certificates};
+use common::{Node, TestMeadow, free_port, test_certificates};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// The external broker scripts/test started, or `None` (plain `cargo test`).
@@ -22,14 +22,6 @@ fn mosquitto() -> Option<(String, u16)> {
     let hp = url.trim_start_matches("mqtt://");
     let (h, p) = hp.rsplit_once(':').unwrap();
     Some((h.to_string(), p.parse().unwrap()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Setup {

@@ -168,6 +168,15 @@ pub fn udf_wasm(name: &str) -> bytes::Bytes {
     std::fs::read(udf_example(name)).unwrap().into()
 }
 
+/// A port nothing listens on right now (for a server that cannot pick its own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Log text without terminal colour codes.
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
