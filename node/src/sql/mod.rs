@@ -556,7 +556,14 @@ impl Session {
         let (h, b, f, v) = &key;
         let frame = self.frames.open(h, b, f, *v).await?;
         frame.table.update_datafusion_session(&self.ctx.state())?;
-        let provider = frame.table.table_provider().await?;
+        // Scan settings (e.g. Parquet filter pushdown) follow the session's, as for any
+        // other DataFusion table; deltalake's own default pushes every filter into the
+        // Parquet reader, which costs more than it saves on the usual wide filters.
+        let provider = frame
+            .table
+            .table_provider()
+            .with_session(Arc::new(self.ctx.state()))
+            .await?;
         self.bound.insert(key, provider);
         Ok(())
     }
