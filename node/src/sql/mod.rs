@@ -2,6 +2,7 @@
 //! catalog where hives are catalogs, boxes are schemas and frames are tables.
 
 mod catalog;
+mod join_order;
 pub mod statement;
 
 use std::sync::Arc;
@@ -117,7 +118,19 @@ impl Session {
             .with_object_store_registry(pool.object_stores())
             .build_arc()
             .expect("a runtime with default settings builds");
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+        let at = rules
+            .iter()
+            .position(|r| r.name() == join_order::AFTER)
+            .map_or(0, |i| i + 1);
+        rules.insert(at, Arc::new(join_order::SmallerBuildSide));
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rules(rules)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog_list(Arc::new(HiveList {
             bound: bound.clone(),
         }));
