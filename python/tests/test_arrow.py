@@ -10,7 +10,12 @@ import pyarrow as pa
 
 from apiary import Apiary
 
-SLOW = "SELECT sum((value * 7919) % 1000003) AS s FROM generate_series(1, 6000000)"
+# A window ordered over all rows runs in one partition: one query keeps one core busy, so
+# queries from several threads can only finish sooner by really running at once.
+SLOW = (
+    "SELECT max(x) AS s FROM (SELECT sum(value) OVER (ORDER BY value DESC ROWS BETWEEN "
+    "1 PRECEDING AND CURRENT ROW) AS x FROM generate_series(1, 300000))"
+)
 
 
 def test_threads_query_at_once(tmp_path):
@@ -52,7 +57,7 @@ def test_threads_query_at_once(tmp_path):
     print(f"4 queries: one after another {sequential:.2f} s, 4 threads {threaded:.2f} s, "
           f"most busy bees seen {max(busy_seen)} of {bees}")
     assert max(busy_seen) >= 2, "several bees busy at once"
-    assert threaded < sequential * 0.9, (sequential, threaded)
+    assert threaded < sequential * 0.8, (sequential, threaded)
 
 
 def test_query_shares_buffers_instead_of_copying(tmp_path):
