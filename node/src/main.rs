@@ -509,30 +509,20 @@ fn print_result(result: &QueryResult, format: Format) -> Result<()> {
     } else {
         &result.batches
     };
-    match format {
+    let format = match format {
         Format::Table => {
             writeln!(
                 out,
                 "{}",
                 arrow::util::pretty::pretty_format_batches(batches)?
             )?;
+            return Ok(());
         }
-        Format::Csv => out.write_all(&output::encode(
-            output::Format::Csv,
-            &result.schema,
-            batches,
-        )?)?,
-        Format::Json => out.write_all(&output::encode(
-            output::Format::Json,
-            &result.schema,
-            batches,
-        )?)?,
-        Format::Arrow => out.write_all(&output::encode(
-            output::Format::Arrow,
-            &result.schema,
-            &result.batches,
-        )?)?,
-    }
+        Format::Csv => output::Format::Csv,
+        Format::Json => output::Format::Json,
+        Format::Arrow => output::Format::Arrow,
+    };
+    out.write_all(&output::encode(format, &result.schema, batches)?)?;
     Ok(())
 }
 

@@ -317,9 +317,9 @@ impl Frames {
     }
 
     async fn load(&self, def: FrameDef, version: Option<i64>) -> Result<Frame> {
-        let (h, b, f) = (def.hive.clone(), def.box_name.clone(), def.name.clone());
-        let (h, b, f) = (h.as_str(), b.as_str(), f.as_str());
-        let mut builder = self.builder(self.table_url(h, b, f))?;
+        let url = self.table_url(&def.hive, &def.box_name, &def.name);
+        let name = def.full_name();
+        let mut builder = self.builder(url.clone())?;
         if let Some(v) = version {
             if v < 0 {
                 return Err(Error::invalid(format!(
@@ -335,10 +335,10 @@ impl Frames {
             // rather than read or write the old one.
             Ok(_) => self.ensure_table(&def).await?,
             Err(e) => {
-                let e = Error::from(e).context(format!("opening frame {h}.{b}.{f}"));
+                let e = Error::from(e).context(format!("opening frame {name}"));
                 let Some(v) = version else {
                     // Its creator has not made the table yet (or stopped before it).
-                    let t = self.builder(self.table_url(h, b, f))?.build()?;
+                    let t = self.builder(url)?.build()?;
                     if !def.id.is_empty() && !t.verify_deltatable_existence().await? {
                         let table = self.ensure_table(&def).await?;
                         return Ok(Frame { def, table });
@@ -346,14 +346,10 @@ impl Frames {
                     return Err(e);
                 };
                 // Asked for a version past the end: say so plainly.
-                let latest = self
-                    .builder(self.table_url(h, b, f))?
-                    .build()?
-                    .get_latest_version()
-                    .await?;
+                let latest = self.builder(url)?.build()?.get_latest_version().await?;
                 if v as u64 > latest {
                     return Err(Error::not_found(format!(
-                        "frame {h}.{b}.{f} has no version {v} (latest is {latest})"
+                        "frame {name} has no version {v} (latest is {latest})"
                     )));
                 }
                 return Err(e);
@@ -401,7 +397,7 @@ impl Frames {
         ctx: WriteCtx,
     ) -> Result<WriteReport> {
         let started = Instant::now();
-        let frame = self.open(h, b, f, None).await?;
+        let mut frame = self.open(h, b, f, None).await?;
         let full = frame.def.full_name();
         let schema = frame.arrow_schema()?;
         let mut conformed = Vec::with_capacity(batches.len());
@@ -429,7 +425,6 @@ impl Frames {
         if let Some(t) = ctx.txn {
             commit = commit.with_application_transaction(Transaction::new(t.app_id, t.version));
         }
-        let mut frame = frame;
         let mut attempts = 0;
         let table = loop {
             let mut writer = frame.table.clone().write(conformed.clone());

@@ -326,7 +326,7 @@ impl From<Error> for ApiError {
     }
 }
 
-pub fn status_code(kind: ErrorKind) -> StatusCode {
+fn status_code(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
