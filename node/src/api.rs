@@ -12,7 +12,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::frames::{Frames, WriteCtx, WriteReport};
 use crate::meadow::Meadow;
-use crate::sql::{QueryResult, Session};
+use crate::sql::{Distribute, QueryResult, Session};
+use crate::swarm::Swarm;
+use crate::swarm::world::NodeView;
 use crate::udf::Udfs;
 
 const MIB: u64 = 1 << 20;
@@ -27,6 +29,8 @@ pub struct Apiary {
     udfs: Udfs,
     resources: Resources,
     started_at: SystemTime,
+    cache: Option<std::sync::Arc<crate::cache::CellCache>>,
+    swarm: Option<Swarm>,
 }
 
 /// The figures `apiary status` (and Python's `status()`) report.
@@ -57,6 +61,14 @@ pub struct SwarmNode {
     /// Memory reserved in its chambers / their budgets, 0..1.
     pub memory_pressure: f64,
     pub colony_temperature: f64,
+    pub band: String,
+    /// Seconds since its heartbeat last changed.
+    pub age_s: f64,
+    /// Swarm tasks of other nodes' queries it ran.
+    pub tasks_done: u64,
+    pub tasks_failed: u64,
+    pub cached_cells: u64,
+    pub cached_bytes: u64,
 }
 
 /// The swarm: this node and the others beating into the same meadow; totals over alive nodes.
@@ -66,6 +78,8 @@ pub struct SwarmStatus {
     pub alive: usize,
     pub total_bees: usize,
     pub total_idle_bees: usize,
+    /// This node's counters as a coordinator and worker.
+    pub counters: Option<crate::swarm::CounterValues>,
 }
 
 /// A frame and its figures at its latest version.
@@ -86,6 +100,16 @@ impl Apiary {
     pub async fn open(config: Config) -> Result<Apiary> {
         config.validate()?;
         let meadow = Meadow::open(&config.meadow_uri(), &config.meadow.options).await?;
+        let cache = open_cache(&config, &meadow)?;
+        let meadow = match &cache {
+            Some(c) => meadow.wrapped(|inner| {
+                std::sync::Arc::new(crate::cache::CachedStore {
+                    inner,
+                    cache: c.clone(),
+                })
+            }),
+            None => meadow,
+        };
         let resources = Resources::detect(&config.bees);
         let frames = Frames::new(meadow.clone(), resources.target_cell_size());
         let name = config.node.name.clone().unwrap_or_else(host_name);
@@ -99,7 +123,25 @@ impl Apiary {
             },
             &config.node.state_dir,
         )?;
+        // Queries read cells through the meadow's store (cache, request counts), also where
+        // DataFusion has a store of its own for the scheme (file://).
+        pool.object_stores()
+            .register_store(meadow.root_url(), meadow.store());
         let udfs = Udfs::new(meadow.clone(), &config.node.state_dir, config.udf.timeout.0)?;
+        let swarm = config.swarm.enabled.then(|| {
+            Swarm::new(crate::swarm::SwarmParts {
+                meadow: meadow.clone(),
+                frames: frames.clone(),
+                pool: pool.clone(),
+                udfs: udfs.clone(),
+                node_id: node_id.clone(),
+                name: name.clone(),
+                config: config.swarm.clone(),
+                task_timeout: config.bees.task_timeout.0,
+                cache: cache.clone(),
+                session_config: session_config(&resources),
+            })
+        });
         Ok(Apiary {
             config,
             name,
@@ -110,7 +152,33 @@ impl Apiary {
             udfs,
             resources,
             started_at: SystemTime::now(),
+            cache,
+            swarm,
         })
+    }
+
+    /// Join the swarm: beat, take tasks, do the clean-up chore (the daemon and Python do;
+    /// one-shot CLI commands only coordinate).
+    pub async fn start_swarm(&self) -> Result<()> {
+        match &self.swarm {
+            Some(s) => s.start().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Leave the swarm: the heartbeat is removed so others see this node gone at once.
+    pub async fn stop_swarm(&self) {
+        if let Some(s) = &self.swarm {
+            s.shutdown().await;
+        }
+    }
+
+    pub fn swarm(&self) -> Option<&Swarm> {
+        self.swarm.as_ref()
+    }
+
+    pub fn cache(&self) -> Option<&std::sync::Arc<crate::cache::CellCache>> {
+        self.cache.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -147,13 +215,16 @@ impl Apiary {
 
     /// A new SQL session (its own USE scope).
     pub fn session(&self) -> Session {
-        let config = datafusion::prelude::SessionConfig::new()
-            .with_target_partitions(self.resources.bees.max(1));
         Session::new(
             self.frames.clone(),
             self.pool.clone(),
             self.udfs.clone(),
-            config,
+            session_config(&self.resources),
+        )
+        .with_distribute(
+            self.swarm
+                .clone()
+                .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Distribute>),
         )
     }
 
@@ -229,30 +300,43 @@ impl Apiary {
         self.session().run_script(sql).await
     }
 
-    /// The swarm as this node sees it. Until nodes beat their hearts into the meadow (the
-    /// swarm work), that is a swarm of one: this node.
-    pub fn swarm_status(&self) -> SwarmStatus {
+    /// The swarm as this node sees it (heartbeats looked at again if older than one
+    /// interval); a swarm of one when the swarm is off.
+    pub async fn swarm_status(&self) -> Result<SwarmStatus> {
+        let Some(swarm) = &self.swarm else {
+            return Ok(self.lone_status());
+        };
+        let nodes = swarm.view(swarm.interval()).await?;
+        Ok(swarm_status(&nodes, Some(swarm.counters())))
+    }
+
+    /// The swarm of one this node is without heartbeats.
+    fn lone_status(&self) -> SwarmStatus {
         let bees = self.bee_status();
-        let budget: u64 = bees.iter().map(|b| b.memory_budget).sum();
-        let used: u64 = bees.iter().map(|b| b.memory_used).sum();
         let me = SwarmNode {
             node_id: self.node_id.clone(),
             name: self.name.clone(),
             state: "alive",
             bees: bees.len(),
             idle_bees: bees.iter().filter(|b| b.state == "idle").count(),
-            memory_pressure: if budget == 0 {
-                0.0
-            } else {
-                used as f64 / budget as f64
-            },
+            memory_pressure: pressure(
+                bees.iter().map(|b| b.memory_used).sum(),
+                bees.iter().map(|b| b.memory_budget).sum(),
+            ),
             colony_temperature: self.colony_status().temperature,
+            band: self.pool.band().as_str().into(),
+            age_s: 0.0,
+            tasks_done: 0,
+            tasks_failed: 0,
+            cached_cells: 0,
+            cached_bytes: 0,
         };
         SwarmStatus {
             alive: 1,
             total_bees: me.bees,
             total_idle_bees: me.idle_bees,
             nodes: vec![me],
+            counters: None,
         }
     }
 
@@ -300,6 +384,75 @@ impl Apiary {
             state: "running",
         }
     }
+}
+
+fn pressure(used: u64, budget: u64) -> f64 {
+    if budget == 0 {
+        0.0
+    } else {
+        used as f64 / budget as f64
+    }
+}
+
+/// The swarm's figures from a world view; totals over alive nodes.
+pub fn swarm_status(
+    nodes: &[NodeView],
+    counters: Option<crate::swarm::CounterValues>,
+) -> SwarmStatus {
+    let nodes: Vec<SwarmNode> = nodes
+        .iter()
+        .map(|n| {
+            let b = &n.beat;
+            SwarmNode {
+                node_id: b.node_id.clone(),
+                name: b.name.clone(),
+                state: n.state.as_str(),
+                bees: b.bees,
+                idle_bees: b.idle_bees,
+                memory_pressure: pressure(b.memory_used, b.memory_budget),
+                colony_temperature: b.temperature,
+                band: b.band.clone(),
+                age_s: (n.age.as_secs_f64() * 10.0).round() / 10.0,
+                tasks_done: b.tasks_done,
+                tasks_failed: b.tasks_failed,
+                cached_cells: b.cache.cells,
+                cached_bytes: b.cache.bytes,
+            }
+        })
+        .collect();
+    let alive: Vec<&SwarmNode> = nodes.iter().filter(|n| n.state == "alive").collect();
+    SwarmStatus {
+        alive: alive.len(),
+        total_bees: alive.iter().map(|n| n.bees).sum(),
+        total_idle_bees: alive.iter().map(|n| n.idle_bees).sum(),
+        counters,
+        nodes,
+    }
+}
+
+fn session_config(resources: &Resources) -> datafusion::prelude::SessionConfig {
+    datafusion::prelude::SessionConfig::new().with_target_partitions(resources.bees.max(1))
+}
+
+/// The cell cache: on for S3 meadows by default, off for local and memory ones (their cells
+/// are on this machine already) unless `cache.max_bytes` is set; `0` turns it off.
+fn open_cache(
+    config: &Config,
+    meadow: &Meadow,
+) -> Result<Option<std::sync::Arc<crate::cache::CellCache>>> {
+    use crate::meadow::MeadowKind;
+    let max = match config.cache.max_bytes {
+        Some(b) if b.0 == 0 => return Ok(None),
+        Some(b) => Some(b.0),
+        None if matches!(meadow.kind(), MeadowKind::S3 | MeadowKind::CloudS3) => None,
+        None => return Ok(None),
+    };
+    let dir = config
+        .cache
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.node.state_dir.join("cache"));
+    crate::cache::CellCache::open(&dir, max).map(Some)
 }
 
 /// The node id: configured, else kept in `<state_dir>/node_id` (made on first start).

@@ -22,7 +22,58 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub udf: UdfConfig,
     pub http: HttpConfig,
+    pub swarm: SwarmConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwarmConfig {
+    /// Beat this node's heart into the meadow, take part in distributed queries.
+    pub enabled: bool,
+    /// Time between heartbeats; default 2s on a local or LAN store, 5s on cloud S3.
+    pub heartbeat_interval: Option<Duration>,
+    /// Missed intervals before a node is suspect, then dead.
+    pub suspect_after: u32,
+    pub dead_after: u32,
+    /// A scan at least this big is shared with other nodes that have free bees.
+    pub distribute_min_bytes: ByteSize,
+    /// Attempts of a swarm task (on other nodes) before the coordinator runs it itself.
+    pub task_trials: u32,
+    /// Time a worker has for one task before it is claimed again; default the bees'
+    /// task timeout.
+    pub task_timeout: Option<Duration>,
+    /// Bounds of the work-polling interval: it shrinks towards `forage_min` when tasks are
+    /// found and grows towards `forage_max` while idle.
+    pub forage_min: Duration,
+    pub forage_max: Duration,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            enabled: true,
+            heartbeat_interval: None,
+            suspect_after: 3,
+            dead_after: 10,
+            distribute_min_bytes: ByteSize(64 << 20),
+            task_trials: 3,
+            task_timeout: None,
+            forage_min: Duration(std::time::Duration::from_millis(200)),
+            forage_max: Duration(std::time::Duration::from_secs(15)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Where cells fetched from the meadow are kept; default `<state_dir>/cache`.
+    pub dir: Option<PathBuf>,
+    /// Most bytes kept; default 2 GiB or a quarter of the disk's free space, whichever is
+    /// less. `0` turns the cache off.
+    pub max_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -500,6 +551,28 @@ impl Config {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(Error::invalid(
                 "http.tls_cert and http.tls_key go together: set both for HTTPS, or neither",
+            ));
+        }
+        let s = &self.swarm;
+        if s.heartbeat_interval
+            .is_some_and(|d| d.0 < std::time::Duration::from_millis(100))
+        {
+            return Err(Error::invalid(
+                "swarm.heartbeat_interval must be at least 100ms",
+            ));
+        }
+        if s.suspect_after == 0 || s.dead_after <= s.suspect_after {
+            return Err(Error::invalid(format!(
+                "swarm.suspect_after = {} and swarm.dead_after = {}: need 0 < suspect_after < dead_after",
+                s.suspect_after, s.dead_after
+            )));
+        }
+        if s.task_trials == 0 {
+            return Err(Error::invalid("swarm.task_trials = 0: need at least one"));
+        }
+        if s.forage_min.0.is_zero() || s.forage_max.0 < s.forage_min.0 {
+            return Err(Error::invalid(
+                "swarm.forage_min must be above 0 and at most swarm.forage_max",
             ));
         }
         self.colony.validate()

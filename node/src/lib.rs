@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod bees;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod frames;
@@ -12,6 +13,7 @@ pub mod meadow;
 pub mod output;
 pub mod remote;
 pub mod sql;
+pub mod swarm;
 pub mod telemetry;
 pub mod udf;
 

@@ -32,6 +32,10 @@ struct Cli {
     /// Node state directory (node id, scratch, default local meadow) [env: APIARY_STATE_DIR]
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
+    /// This node's id in the swarm (default: made once and kept in the state dir)
+    /// [env: APIARY_NODE_ID]
+    #[arg(long, global = true)]
+    node_id: Option<String>,
     /// Log format [env: APIARY_LOG_FORMAT]
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -58,6 +62,9 @@ enum Command {
         query: String,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Print the plan instead of running it: which node would scan which cells
+        #[arg(long)]
+        explain_swarm: bool,
     },
     /// Interactive SQL shell (\q to quit)
     Shell,
@@ -199,6 +206,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(d) = &cli.state_dir {
         config.node.state_dir = d.clone();
     }
+    if let Some(id) = &cli.node_id {
+        config.node.node_id = Some(id.clone());
+    }
     if let Some(f) = cli.log_format {
         config.log.format = f;
     }
@@ -217,8 +227,13 @@ async fn run(command: Command, config: Config) -> Result<()> {
     let registry = apiary.frames().registry();
     match command {
         Command::Node => run_node(apiary).await,
-        Command::Sql { query, format } => {
+        Command::Sql {
+            query,
+            format,
+            explain_swarm,
+        } => {
             let mut session = apiary.session();
+            let query = explain(&query, explain_swarm);
             for result in session.run_script(&query).await? {
                 print_result(&result, format)?;
             }
@@ -287,7 +302,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
         Command::Status => print_json(&apiary.status()),
         Command::Bees => print_json(&apiary.bee_status()),
         Command::Colony => print_json(&apiary.colony_status()),
-        Command::Swarm => print_json(&apiary.swarm_status()),
+        Command::Swarm => print_json(&apiary.swarm_status().await?),
         Command::Ingest(IngestCmd::Status) => unreachable!("handled before opening the meadow"),
     }
 }
@@ -301,9 +316,13 @@ async fn run_remote(
 ) -> Result<()> {
     let remote = Remote::new(url, token)?;
     match command {
-        Command::Sql { query, format } => {
+        Command::Sql {
+            query,
+            format,
+            explain_swarm,
+        } => {
             let mut target = Target::Remote(remote, Scope::default());
-            for result in target.run_script(&query).await? {
+            for result in target.run_script(&explain(&query, explain_swarm)).await? {
                 print_result(&result, format)?;
             }
             Ok(())
@@ -375,6 +394,7 @@ async fn run_node(apiary: Apiary) -> Result<()> {
     } else {
         None
     };
+    apiary.start_swarm().await?;
     let status = apiary.status();
     tracing::info!(
         name = %status.name,
@@ -396,8 +416,18 @@ async fn run_node(apiary: Apiary) -> Result<()> {
     if let Some(ingest) = ingest {
         ingest.shutdown().await;
     }
+    apiary.stop_swarm().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--explain-swarm`: the query's plan as the swarm would run it (`EXPLAIN` shows it).
+fn explain(query: &str, explain_swarm: bool) -> String {
+    if explain_swarm {
+        format!("EXPLAIN {}", query.trim().trim_end_matches(';'))
+    } else {
+        query.to_string()
+    }
 }
 
 fn split_name<const N: usize>(name: &str, shape: &str) -> Result<[String; N]> {

@@ -142,7 +142,13 @@ impl PyApiary {
             .build()
             .map_err(|e| ApiaryError::new_err(format!("cannot start a runtime: {e}")))?;
         let apiary = py
-            .detach(|| runtime.block_on(apiary::Apiary::open(config)))
+            .detach(|| {
+                runtime.block_on(async {
+                    let apiary = apiary::Apiary::open(config).await?;
+                    apiary.start_swarm().await?;
+                    Ok::<_, apiary::error::Error>(apiary)
+                })
+            })
             .map_err(py_err)?;
         *node = Some(Arc::new(Node { runtime, apiary }));
         Ok(())
@@ -153,7 +159,10 @@ impl PyApiary {
         let node = self.node.lock().expect("node lock").take();
         if let Some(node) = node {
             // Other threads may still hold it for a running call: they finish first.
-            py.detach(move || drop(node));
+            py.detach(move || {
+                node.runtime.block_on(node.apiary.stop_swarm());
+                drop(node)
+            });
         }
     }
 
@@ -403,7 +412,11 @@ impl PyApiary {
     }
 
     fn swarm_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_python(py, &self.node()?.apiary.swarm_status())
+        let node = self.node()?;
+        let status = py
+            .detach(|| node.runtime.block_on(node.apiary.swarm_status()))
+            .map_err(py_err)?;
+        to_python(py, &status)
     }
 
     fn colony_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

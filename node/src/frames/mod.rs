@@ -83,6 +83,16 @@ impl std::fmt::Debug for WriteCtx {
     }
 }
 
+/// A data file of a frame.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    /// Relative to the frame's table, as Delta's log names it (decoded).
+    pub path: String,
+    pub bytes: u64,
+    /// Its key in the cell cache of every node.
+    pub key: String,
+}
+
 /// A frame opened at a version: its definition and its Delta table.
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -356,6 +366,25 @@ impl Frames {
             }
         };
         Ok(Frame { def, table })
+    }
+
+    /// The cells of an opened frame.
+    pub fn cells(&self, frame: &Frame) -> Result<Vec<Cell>> {
+        let d = &frame.def;
+        let table = self
+            .meadow
+            .path(&format!("{}/{}/{}", d.hive, d.box_name, d.name));
+        Ok(frame
+            .table
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| Cell {
+                path: f.path().to_string(),
+                bytes: f.size().max(0) as u64,
+                key: crate::cache::key(&format!("{table}/{}", f.object_store_path())),
+            })
+            .collect())
     }
 
     pub async fn info(&self, h: &str, b: &str, f: &str) -> Result<FrameInfo> {

@@ -363,7 +363,7 @@ async fn status(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
 }
 
 async fn swarm(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    json(&st.apiary.swarm_status())
+    json(&st.apiary.swarm_status().await?)
 }
 
 async fn colony(State(st): State<Arc<AppState>>) -> ApiResult<Response> {

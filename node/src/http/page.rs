@@ -18,7 +18,7 @@ pub async fn page(State(st): State<Arc<AppState>>) -> ApiResult<Html<String>> {
     let colony = ap.colony_status();
     let bees = ap.bee_status();
     let busy = bees.iter().filter(|b| b.state == "busy").count();
-    let swarm = ap.swarm_status();
+    let swarm = ap.swarm_status().await?;
     let frames = ap.frame_list().await?;
     let ingest = crate::ingest::read_status(&ap.config().node.state_dir).ok();
     let uptime = ap.started_at().elapsed().map(|d| d.as_secs()).unwrap_or(0);

@@ -2,6 +2,7 @@
 //! start-up that it honours conditional writes, and offers the few conditional-write helpers
 //! everything above uses. Nothing above this module builds store paths by hand.
 
+pub mod counted;
 pub mod lease;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,10 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MeadowKind {
     Local,
+    /// An S3-compatible store at a configured endpoint (MinIO, Garage, a LAN box).
     S3,
+    /// AWS S3 itself, over the internet.
+    CloudS3,
     Memory,
 }
 
@@ -34,7 +38,7 @@ impl MeadowKind {
     pub fn as_str(self) -> &'static str {
         match self {
             MeadowKind::Local => "local",
-            MeadowKind::S3 => "s3",
+            MeadowKind::S3 | MeadowKind::CloudS3 => "s3",
             MeadowKind::Memory => "memory",
         }
     }
@@ -50,6 +54,16 @@ pub struct Meadow {
     root_url: Url,
     /// Path of the meadow root inside `store`.
     prefix: Path,
+    /// Requests that reached the store (cache hits above it do not count).
+    requests: Arc<counted::Requests>,
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+    pub e_tag: Option<String>,
 }
 
 /// A value read with the version to use for a later put-if-match.
@@ -99,19 +113,19 @@ impl Meadow {
                 normalise_dir_url(&mut root_url);
                 let prefix = Path::from_url_path(root_url.path())
                     .map_err(|e| bad(&format!("bad path: {e}")))?;
-                Ok(Meadow {
-                    kind: MeadowKind::Local,
-                    store: Arc::new(LocalFileSystem::new()),
+                Ok(Meadow::counted(
+                    MeadowKind::Local,
+                    Arc::new(LocalFileSystem::new()),
                     root_url,
                     prefix,
-                })
+                ))
             }
-            "memory" => Ok(Meadow {
-                kind: MeadowKind::Memory,
-                store: Arc::new(InMemory::new()),
-                root_url: Url::parse("memory:///").expect("static URL"),
-                prefix: Path::default(),
-            }),
+            "memory" => Ok(Meadow::counted(
+                MeadowKind::Memory,
+                Arc::new(InMemory::new()),
+                Url::parse("memory:///").expect("static URL"),
+                Path::default(),
+            )),
             "s3" | "s3a" => {
                 let (bucket, key_prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
@@ -147,15 +161,51 @@ impl Meadow {
                 let mut root_url = Url::parse(&format!("s3://{bucket}/{key_prefix}"))
                     .map_err(|e| bad(&e.to_string()))?;
                 normalise_dir_url(&mut root_url);
-                Ok(Meadow {
-                    kind: MeadowKind::S3,
-                    store: Arc::new(store),
+                let kind = if options.keys().any(|k| k.ends_with("endpoint"))
+                    || std::env::var("AWS_ENDPOINT_URL").is_ok()
+                    || std::env::var("AWS_ENDPOINT").is_ok()
+                {
+                    MeadowKind::S3
+                } else {
+                    MeadowKind::CloudS3
+                };
+                Ok(Meadow::counted(
+                    kind,
+                    Arc::new(store),
                     root_url,
-                    prefix: Path::from(key_prefix),
-                })
+                    Path::from(key_prefix),
+                ))
             }
             other => Err(bad(&format!("unknown scheme {other}://"))),
         }
+    }
+
+    fn counted(kind: MeadowKind, store: Arc<dyn ObjectStore>, root_url: Url, prefix: Path) -> Self {
+        let requests = Arc::new(counted::Requests::default());
+        Meadow {
+            kind,
+            store: Arc::new(counted::Counted {
+                inner: store,
+                requests: requests.clone(),
+            }),
+            root_url,
+            prefix,
+            requests,
+        }
+    }
+
+    /// This meadow with its store seen through `wrap` (e.g. a local cache of cells).
+    pub fn wrapped(
+        mut self,
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+    ) -> Meadow {
+        self.store = wrap(self.store);
+        self
+    }
+
+    /// Requests made to the store so far.
+    pub fn requests(&self) -> counted::RequestCounts {
+        self.requests.counts()
     }
 
     pub fn kind(&self) -> MeadowKind {
@@ -295,6 +345,28 @@ impl Meadow {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// The objects directly under the folder `rel`: name, when the store last changed it (by
+    /// the store's clock) and its e-tag.
+    pub async fn list_meta(&self, rel: &str) -> Result<Vec<Listed>> {
+        let prefix = self.path(rel);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| Error::from(e).context(format!("meadow list {rel}")))?;
+        Ok(listing
+            .objects
+            .into_iter()
+            .filter_map(|o| {
+                Some(Listed {
+                    name: o.location.filename()?.to_string(),
+                    last_modified: o.last_modified,
+                    e_tag: o.e_tag,
+                })
+            })
+            .collect())
     }
 
     /// Every object below the folder `rel`, as paths relative to the meadow root.

@@ -2,6 +2,7 @@
 //! catalog where hives are catalogs, boxes are schemas and frames are tables.
 
 mod catalog;
+pub mod fragment;
 mod join_order;
 pub mod statement;
 
@@ -70,11 +71,37 @@ impl QueryResult {
     }
 }
 
+/// What shares a query's work with other nodes (the swarm). Given a physical plan, it
+/// returns the plan to run: the same, or with stages ([`fragment::stages`]) replaced by nodes
+/// that run them across the swarm.
+#[async_trait::async_trait]
+pub trait Distribute: Send + Sync + std::fmt::Debug {
+    async fn distribute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        state: &SessionState,
+        udfs: &[String],
+    ) -> Result<Arc<dyn ExecutionPlan>>;
+
+    /// The query of `plan` is over (finished, failed or stopped early): remove what it left
+    /// in the meadow.
+    async fn finish(&self, plan: &Arc<dyn ExecutionPlan>);
+}
+
 /// One piece of a streamed result (`Session::run_streamed`).
 #[derive(Debug)]
 pub enum Output {
     Schema(SchemaRef),
     Batch(RecordBatch),
+}
+
+/// The query of `EXPLAIN <query>` (not `EXPLAIN ANALYZE`/`VERBOSE`, which DataFusion runs).
+fn explained(sql: &str) -> Option<&str> {
+    let t = sql.trim_start();
+    let rest = t.get(..8).filter(|p| p.eq_ignore_ascii_case("explain "))?;
+    let inner = t[rest.len()..].trim_start();
+    let word = inner.split_whitespace().next()?.to_ascii_lowercase();
+    (!matches!(word.as_str(), "analyze" | "verbose" | "format")).then_some(inner)
 }
 
 /// The bytes a finished plan spilled to the chamber's scratch dir (logged when any).
@@ -102,6 +129,7 @@ pub struct Session {
     states: std::sync::Mutex<std::collections::HashMap<String, SessionState>>,
     bound: Arc<Bound>,
     udfs: Udfs,
+    distribute: Option<Arc<dyn Distribute>>,
     hive: Option<String>,
     box_name: Option<String>,
 }
@@ -147,9 +175,45 @@ impl Session {
             ctx,
             states: Default::default(),
             bound,
+            distribute: None,
             hive: None,
             box_name: None,
         }
+    }
+
+    /// Let `d` share this session's queries with the swarm.
+    pub fn with_distribute(mut self, d: Option<Arc<dyn Distribute>>) -> Session {
+        self.distribute = d;
+        self
+    }
+
+    /// The state a swarm stage runs in on this node: a chamber's runtime and the named UDFs.
+    pub async fn stage_state(
+        &self,
+        chamber: &Chamber<'_>,
+        udfs: &[String],
+    ) -> Result<SessionState> {
+        use datafusion::execution::FunctionRegistry;
+        let mut state = self.state_in(chamber);
+        for name in udfs {
+            let manifest = self.udfs.get(name).await?.ok_or_else(|| {
+                Error::not_found(format!("function {name} (used by a swarm task) is gone"))
+            })?;
+            let udf = self
+                .udfs
+                .scalar(
+                    &manifest,
+                    chamber.runtime_env().memory_pool.clone(),
+                    chamber.deadline(),
+                )
+                .await?;
+            state.register_udf(Arc::new(udf))?;
+        }
+        Ok(state)
+    }
+
+    pub fn frames(&self) -> &Frames {
+        &self.frames
     }
 
     pub fn hive(&self) -> Option<&str> {
@@ -236,19 +300,33 @@ impl Session {
                 if out.send(Output::Schema(schema)).await.is_err() {
                     return Ok(());
                 }
-                let mut stream =
-                    datafusion::physical_plan::execute_stream(physical.clone(), state.task_ctx())?;
-                while let Some(batch) = stream.next().await {
-                    if out.send(Output::Batch(batch?)).await.is_err() {
-                        return Ok(()); // the receiver left: dropping the stream stops the query
+                let streamed = async {
+                    let mut stream = datafusion::physical_plan::execute_stream(
+                        physical.clone(),
+                        state.task_ctx(),
+                    )?;
+                    while let Some(batch) = stream.next().await {
+                        if out.send(Output::Batch(batch?)).await.is_err() {
+                            return Ok(()); // the receiver left: dropping the stream stops the query
+                        }
                     }
+                    log_spill(chamber, physical.as_ref());
+                    Ok(())
                 }
-                log_spill(chamber, physical.as_ref());
-                Ok(())
+                .await;
+                self.finish(&physical).await;
+                streamed
             })
             .await;
         self.bound.clear();
         result
+    }
+
+    /// After a query ran (to its end or not): let the swarm tidy up what it shared.
+    async fn finish(&self, physical: &Arc<dyn ExecutionPlan>) {
+        if let Some(d) = &self.distribute {
+            d.finish(physical).await;
+        }
     }
 
     /// Set the current hive and box as `USE` would (both checked to exist).
@@ -467,9 +545,24 @@ impl Session {
 
     /// Run a query through DataFusion in the chamber and collect its result.
     async fn query(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
+        if let Some(inner) = explained(sql) {
+            // DataFusion's EXPLAIN prints the plan before the swarm shares it: print ours.
+            let (_, physical, _) = self.plan(chamber, inner).await?;
+            let text = datafusion::physical_plan::displayable(physical.as_ref())
+                .indent(true)
+                .to_string();
+            return QueryResult::single(vec![
+                (
+                    "plan_type",
+                    Arc::new(StringArray::from(vec!["physical_plan"])),
+                ),
+                ("plan", Arc::new(StringArray::from(vec![text]))),
+            ]);
+        }
         let (schema, physical, state) = self.plan(chamber, sql).await?;
-        let batches =
-            datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await?;
+        let batches = datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await;
+        self.finish(&physical).await;
+        let batches = batches?;
         Ok(QueryResult {
             schema,
             batches,
@@ -490,7 +583,7 @@ impl Session {
         }
         let mut state = self.state_in(chamber);
         let stmt = state.sql_to_statement(&sql, &Dialect::Generic)?;
-        self.register_udfs(&mut state, &stmt, chamber).await?;
+        let udfs = self.register_udfs(&mut state, &stmt, chamber).await?;
         let udtfs = state.table_functions();
         for reference in state.resolve_table_references(&stmt)? {
             if let TableReference::Bare { table } = &reference
@@ -509,24 +602,28 @@ impl Session {
             .verify_plan(&plan)
             .map_err(|e| Error::unsupported(e.strip_backtrace()))?;
         let schema = Arc::new(plan.schema().as_arrow().clone());
-        let physical = state.create_physical_plan(&plan).await?;
+        let mut physical = state.create_physical_plan(&plan).await?;
+        if let Some(d) = &self.distribute {
+            physical = d.distribute(physical, &state, &udfs).await?;
+        }
         Ok((schema, physical, state))
     }
 
     /// Make the meadow's UDFs that the statement calls known to its planner, bound to the
-    /// chamber's memory pool and deadline.
+    /// chamber's memory pool and deadline. Their names.
     async fn register_udfs(
         &self,
         state: &mut SessionState,
         stmt: &datafusion::sql::parser::Statement,
         chamber: &Chamber<'_>,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         use datafusion::execution::FunctionRegistry;
         use datafusion::sql::sqlparser::ast::{Expr, ObjectNamePart, visit_expressions};
         use std::ops::ControlFlow;
         let datafusion::sql::parser::Statement::Statement(ast) = stmt else {
-            return Ok(());
+            return Ok(vec![]);
         };
+        let mut registered = Vec::new();
         let mut names = std::collections::BTreeSet::new();
         let _ = visit_expressions(ast.as_ref(), |e| {
             if let Expr::Function(f) = e
@@ -556,9 +653,10 @@ impl Session {
                     )
                     .await?;
                 state.register_udf(Arc::new(udf))?;
+                registered.push(name);
             }
         }
-        Ok(())
+        Ok(registered)
     }
 
     /// Load a frame (at a version) and make it visible to the planner.
@@ -568,6 +666,7 @@ impl Session {
         }
         let (h, b, f, v) = &key;
         let frame = self.frames.open(h, b, f, *v).await?;
+        let cells = Arc::new(self.frames.cells(&frame)?);
         frame.table.update_datafusion_session(&self.ctx.state())?;
         // Scan settings (e.g. Parquet filter pushdown) follow the session's, as for any
         // other DataFusion table; deltalake's own default pushes every filter into the
@@ -577,7 +676,15 @@ impl Session {
             .table_provider()
             .with_session(Arc::new(self.ctx.state()))
             .await?;
-        self.bound.insert(key, provider);
+        let table = fragment::FrameTable {
+            hive: h.clone(),
+            box_name: b.clone(),
+            frame: f.clone(),
+            version: frame.version(),
+            cells,
+            inner: provider,
+        };
+        self.bound.insert(key, Arc::new(table));
         Ok(())
     }
 

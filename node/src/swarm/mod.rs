@@ -1,0 +1,434 @@
+//! The swarm: nodes that share a meadow and nothing else. Each beats its heart into the
+//! meadow, keeps a view of the others, shares big scans with them (coordinator side in
+//! `stage`), and takes on the tasks others give it (`worker`). One node at a time, the holder
+//! of the clean-up lease, removes dead nodes' heartbeats and abandoned queries' objects.
+
+pub mod stage;
+mod worker;
+pub mod world;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use self::world::{Heartbeat, NodeState, NodeView, World};
+use crate::bees::BeePool;
+use crate::cache::CellCache;
+use crate::config::SwarmConfig;
+use crate::error::Result;
+use crate::frames::Frames;
+use crate::meadow::{FORMAT_VERSION, Meadow, MeadowKind, encode_json};
+use crate::sql::fragment::ScanSpec;
+use crate::udf::Udfs;
+
+/// Where distributed queries keep their objects.
+pub const QUERIES: &str = "_apiary/swarm/queries";
+const CLEANUP_LEASE: &str = "swarm-cleanup";
+/// The clean-up chore runs every this many heartbeats (on the lease holder).
+const CHORE_EVERY: u64 = 5;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn query_path(query: &str, rest: &str) -> String {
+    format!("{QUERIES}/{query}/{rest}")
+}
+
+/// What a coordinator writes for one shared stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    format_version: u32,
+    query_id: String,
+    coordinator: String,
+    created_ms: u64,
+    /// After this (coordinator's clock) the query's objects are abandoned.
+    deadline_ms: u64,
+    scan: ScanSpec,
+    udfs: Vec<String>,
+}
+
+/// One attempt of one task: which cells, for which node. Named
+/// `tasks/<task>-<attempt>-<node>.json` so a listing tells workers what is theirs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TaskDoc {
+    format_version: u32,
+    task: u32,
+    attempt: u32,
+    node: String,
+    cells: Vec<String>,
+}
+
+/// An attempt's progress, `status/<task>-<attempt>.json`: made by the claim (put-if-absent),
+/// then replaced by the worker when done or failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StatusDoc {
+    format_version: u32,
+    node: String,
+    /// claimed, done or failed
+    state: String,
+    /// Result parts written (`results/<task>-<attempt>/<k>.arrow`).
+    parts: u32,
+    rows: u64,
+    error: Option<String>,
+    at_ms: u64,
+}
+
+impl StatusDoc {
+    fn new(node: &str, state: &str) -> StatusDoc {
+        StatusDoc {
+            format_version: FORMAT_VERSION,
+            node: node.into(),
+            state: state.into(),
+            parts: 0,
+            rows: 0,
+            error: None,
+            at_ms: now_ms(),
+        }
+    }
+}
+
+/// Counters shown in status and heartbeats.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Tasks of other nodes' queries this node ran, and those that failed.
+    pub tasks_done: AtomicU64,
+    pub tasks_failed: AtomicU64,
+    /// Stages this node shared as coordinator, their tasks given out again (late, failed
+    /// or dead worker) and those it ran itself after their trials.
+    pub stages_shared: AtomicU64,
+    pub tasks_reclaimed: AtomicU64,
+    pub tasks_abandoned: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterValues {
+    pub tasks_done: u64,
+    pub tasks_failed: u64,
+    pub stages_shared: u64,
+    pub tasks_reclaimed: u64,
+    pub tasks_abandoned: u64,
+}
+
+impl Counters {
+    pub fn values(&self) -> CounterValues {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterValues {
+            tasks_done: r(&self.tasks_done),
+            tasks_failed: r(&self.tasks_failed),
+            stages_shared: r(&self.stages_shared),
+            tasks_reclaimed: r(&self.tasks_reclaimed),
+            tasks_abandoned: r(&self.tasks_abandoned),
+        }
+    }
+}
+
+pub struct SwarmParts {
+    pub meadow: Meadow,
+    pub frames: Frames,
+    pub pool: BeePool,
+    pub udfs: Udfs,
+    pub node_id: String,
+    pub name: String,
+    pub config: SwarmConfig,
+    pub task_timeout: Duration,
+    pub cache: Option<Arc<CellCache>>,
+    pub session_config: datafusion::prelude::SessionConfig,
+}
+
+struct Inner {
+    meadow: Meadow,
+    frames: Frames,
+    pool: BeePool,
+    udfs: Udfs,
+    node_id: String,
+    name: String,
+    config: SwarmConfig,
+    interval: Duration,
+    task_timeout: Duration,
+    cache: Option<Arc<CellCache>>,
+    session_config: datafusion::prelude::SessionConfig,
+    started_at_ms: u64,
+    /// Beating (a daemon); a one-shot CLI only coordinates and is not in the view.
+    started: std::sync::atomic::AtomicBool,
+    world: tokio::sync::Mutex<World>,
+    counters: Counters,
+    stop: watch::Sender<bool>,
+    loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Query dirs without a manifest seen by the last chore (removed if still so next time).
+    strays: Mutex<HashSet<String>>,
+}
+
+/// This node's part in the swarm. Cheap to clone.
+#[derive(Clone)]
+pub struct Swarm {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm")
+            .field("node_id", &self.inner.node_id)
+            .finish()
+    }
+}
+
+impl Swarm {
+    pub fn new(p: SwarmParts) -> Swarm {
+        let interval = p.config.heartbeat_interval.map(|d| d.0).unwrap_or(
+            if p.meadow.kind() == MeadowKind::CloudS3 {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(2)
+            },
+        );
+        let task_timeout = p.config.task_timeout.map_or(p.task_timeout, |d| d.0);
+        Swarm {
+            inner: Arc::new(Inner {
+                meadow: p.meadow,
+                frames: p.frames,
+                pool: p.pool,
+                udfs: p.udfs,
+                node_id: p.node_id,
+                name: p.name,
+                config: p.config,
+                interval,
+                task_timeout,
+                cache: p.cache,
+                session_config: p.session_config,
+                started_at_ms: now_ms(),
+                started: Default::default(),
+                world: Default::default(),
+                counters: Counters::default(),
+                stop: watch::channel(false).0,
+                loops: Mutex::new(Vec::new()),
+                strays: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.inner.interval
+    }
+
+    pub fn counters(&self) -> CounterValues {
+        self.inner.counters.values()
+    }
+
+    /// Start beating, foraging for tasks and doing the clean-up chore. The first heartbeat is
+    /// written before this returns, so the node is in the swarm once it says it is ready.
+    pub async fn start(&self) -> Result<()> {
+        let mut seq = 0;
+        self.beat(&mut seq).await?;
+        self.inner.started.store(true, Ordering::SeqCst);
+        let me = self.clone();
+        let beats = tokio::spawn(async move {
+            let mut stop = me.inner.stop.subscribe();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(me.inner.interval) => {}
+                    _ = stop.changed() => return,
+                }
+                if let Err(e) = me.beat(&mut seq).await {
+                    tracing::warn!(error = %e, "heartbeat not written; trying again next interval");
+                }
+                if seq % CHORE_EVERY == 0
+                    && let Err(e) = me.chores().await
+                {
+                    tracing::warn!(error = %e, "swarm clean-up chore failed");
+                }
+            }
+        });
+        let me = self.clone();
+        let forage = tokio::spawn(async move { worker::forage(me).await });
+        self.inner
+            .loops
+            .lock()
+            .expect("swarm loops")
+            .extend([beats, forage]);
+        tracing::info!(
+            node_id = %self.inner.node_id,
+            interval_ms = self.inner.interval.as_millis() as u64,
+            "joined the swarm"
+        );
+        Ok(())
+    }
+
+    /// Stop the loops and take this node's heartbeat out of the meadow, so the others see it
+    /// gone at once.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        self.inner.started.store(false, Ordering::SeqCst);
+        let loops: Vec<_> = std::mem::take(&mut *self.inner.loops.lock().expect("swarm loops"));
+        for l in loops {
+            let _ = l.await;
+        }
+        let path = world::heartbeat_path(&self.inner.node_id);
+        if let Err(e) = self.inner.meadow.delete(&path).await {
+            tracing::warn!(error = %e, "could not remove this node's heartbeat");
+        }
+    }
+
+    fn heartbeat(&self, seq: u64) -> Heartbeat {
+        let i = &self.inner;
+        let bees = i.pool.bee_status();
+        let mut b = Heartbeat::new(&i.node_id, &i.name);
+        b.interval_ms = i.interval.as_millis() as u64;
+        b.bees = bees.len();
+        b.idle_bees = bees.iter().filter(|b| b.state == "idle").count();
+        b.memory_budget = bees.iter().map(|b| b.memory_budget).sum();
+        b.memory_used = bees.iter().map(|b| b.memory_used).sum();
+        b.temperature = i.pool.temperature();
+        b.band = i.pool.band().as_str().into();
+        b.accepts_tasks = i.pool.accepts_swarm_tasks();
+        b.cache = i.cache.as_ref().map(|c| c.summary()).unwrap_or_default();
+        b.tasks_done = i.counters.tasks_done.load(Ordering::Relaxed);
+        b.tasks_failed = i.counters.tasks_failed.load(Ordering::Relaxed);
+        b.started_at_ms = i.started_at_ms;
+        b.beat_ms = now_ms();
+        b.seq = seq;
+        b
+    }
+
+    async fn beat(&self, seq: &mut u64) -> Result<()> {
+        *seq += 1;
+        let body = encode_json(&self.heartbeat(*seq))?;
+        self.inner
+            .meadow
+            .put(&world::heartbeat_path(&self.inner.node_id), body)
+            .await
+    }
+
+    /// The swarm as this node sees it, looked at again when the last look is older than
+    /// `max_age`. This node is in it, as it is now, while it is in the swarm.
+    pub async fn view(&self, max_age: Duration) -> Result<Vec<NodeView>> {
+        let mut nodes = self.others(max_age).await?;
+        if self.inner.started.load(Ordering::SeqCst) {
+            nodes.push(self.me());
+            nodes.sort_by(|a, b| a.beat.node_id.cmp(&b.beat.node_id));
+        }
+        Ok(nodes)
+    }
+
+    /// This node as others see it.
+    pub fn me(&self) -> NodeView {
+        NodeView {
+            beat: self.heartbeat(0),
+            age: Duration::ZERO,
+            state: NodeState::Alive,
+        }
+    }
+
+    async fn others(&self, max_age: Duration) -> Result<Vec<NodeView>> {
+        let i = &self.inner;
+        let mut world = i.world.lock().await;
+        let mut nodes = match world.fresh(max_age) {
+            Some(n) => n,
+            None => {
+                world
+                    .refresh(&i.meadow, i.config.suspect_after, i.config.dead_after)
+                    .await?
+            }
+        };
+        drop(world);
+        nodes.retain(|n| n.beat.node_id != i.node_id);
+        Ok(nodes)
+    }
+
+    /// The clean-up chore, on the holder of the clean-up lease: remove heartbeats of dead
+    /// nodes and the objects of queries whose coordinator is dead or whose deadline passed.
+    async fn chores(&self) -> Result<()> {
+        let i = &self.inner;
+        let ttl = i.interval * (CHORE_EVERY as u32) * 3;
+        if !crate::meadow::lease::acquire(&i.meadow, CLEANUP_LEASE, &i.node_id, ttl).await? {
+            return Ok(());
+        }
+        let nodes = self.view(Duration::ZERO).await?;
+        for n in nodes.iter().filter(|n| n.state == NodeState::Dead) {
+            tracing::info!(node = %n.beat.node_id, age_s = n.age.as_secs(), "removing a dead node's heartbeat");
+            i.meadow
+                .delete(&world::heartbeat_path(&n.beat.node_id))
+                .await?;
+        }
+        let dead: HashSet<&str> = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Dead)
+            .map(|n| n.beat.node_id.as_str())
+            .collect();
+        let mut by_query: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for path in i.meadow.list_all(QUERIES).await? {
+            if let Some(q) = path
+                .strip_prefix(QUERIES)
+                .and_then(|r| r.trim_start_matches('/').split('/').next())
+            {
+                by_query.entry(q.to_string()).or_default().push(path);
+            }
+        }
+        let mut strays = HashSet::new();
+        for (query, paths) in by_query {
+            let manifest = i
+                .meadow
+                .get_json::<Manifest>(&query_path(&query, "manifest.json"))
+                .await
+                .ok()
+                .flatten()
+                .map(|v| v.value);
+            let orphan = match &manifest {
+                // A coordinator without a heartbeat (a one-shot CLI) is judged by the
+                // deadline alone.
+                Some(m) => {
+                    dead.contains(m.coordinator.as_str())
+                        || now_ms() > m.deadline_ms + i.interval.as_millis() as u64 * 10
+                }
+                None => {
+                    let seen_before = i.strays.lock().expect("strays").contains(&query);
+                    strays.insert(query.clone());
+                    seen_before
+                }
+            };
+            if orphan {
+                tracing::info!(query = %query, objects = paths.len(), "removing an abandoned query's objects");
+                delete_all(&i.meadow, paths).await?;
+                strays.remove(&query);
+            }
+        }
+        *i.strays.lock().expect("strays") = strays;
+        Ok(())
+    }
+}
+
+/// Delete objects, the manifest last, so a half-deleted query is still recognisable.
+async fn delete_all(meadow: &Meadow, mut paths: Vec<String>) -> Result<()> {
+    paths.sort_by_key(|p| p.ends_with("manifest.json"));
+    for p in paths {
+        meadow.delete(&p).await?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl crate::sql::Distribute for Swarm {
+    async fn distribute(
+        &self,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        state: &datafusion::execution::context::SessionState,
+        udfs: &[String],
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        stage::distribute(self, plan, state, udfs).await
+    }
+
+    async fn finish(&self, plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
+        stage::finish(plan).await
+    }
+}
