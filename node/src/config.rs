@@ -41,8 +41,8 @@ pub struct SwarmConfig {
     pub distribute_min_bytes: ByteSize,
     /// Attempts of a swarm task (on other nodes) before the coordinator runs it itself.
     pub task_trials: u32,
-    /// Time a worker has for one task before it is claimed again; default the bees'
-    /// task timeout.
+    /// Time a worker has for one task before it is given out again; default the bees'
+    /// task timeout / (task_trials + 1), so all attempts fit in the query's deadline.
     pub task_timeout: Option<Duration>,
     /// Bounds of the work-polling interval: it shrinks towards `forage_min` when tasks are
     /// found and grows towards `forage_max` while idle.
@@ -682,6 +682,31 @@ mod tests {
             .unwrap_err();
         assert!(e.message.contains("http.listen"), "{e}");
         let ok = Config::from_toml("[http]\nlisten = \"0.0.0.0:0\"\ntoken = \"0123456789abcdef\"");
+        ok.unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_swarm_settings_are_refused() {
+        let bad = |toml: &str| {
+            Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .message
+        };
+        assert!(bad("[swarm]\nheartbeat_interval = \"10ms\"").contains("at least 100ms"));
+        assert!(bad("[swarm]\nsuspect_after = 5\ndead_after = 5").contains("suspect_after <"));
+        assert!(bad("[swarm]\nsuspect_after = 0").contains("suspect_after"));
+        assert!(bad("[swarm]\ntask_trials = 0").contains("at least one"));
+        assert!(bad("[swarm]\nforage_min = \"20s\"").contains("forage_max"));
+        let e = Config::from_toml("[swarm]\nheartbeat = \"2s\"").unwrap_err();
+        assert!(e.message.contains("unknown field `heartbeat`"), "{e}");
+        let e = Config::from_toml("[cache]\nmax_bytes = \"huge\"").unwrap_err();
+        assert!(e.message.contains("bad size"), "{e}");
+        let ok = Config::from_toml(
+            "[swarm]\nheartbeat_interval = \"5s\"\ndistribute_min_bytes = \"1GiB\"\n\
+             [cache]\nmax_bytes = \"0\"",
+        );
         ok.unwrap().validate().unwrap();
     }
 }

@@ -65,6 +65,10 @@ fn cli(config: &Path) -> Command {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !err.trim().is_empty() {
+        eprintln!("{:?}: {err}", cmd.get_args().collect::<Vec<_>>());
+    }
     assert!(
         out.status.success(),
         "{:?}: {}",
@@ -252,20 +256,34 @@ fn shares(plan: &str) -> BTreeMap<String, (usize, usize)> {
         .collect()
 }
 
-fn count_files(dir: &Path) -> usize {
+/// Polls until the meadow holds no objects of swarm queries (the coordinator removes its
+/// own; the clean-up chore what late workers wrote).
+fn no_query_objects_left(dir: &Path) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = files(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "query objects left behind: {left:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return vec![];
     };
     entries
         .flatten()
-        .map(|e| {
+        .flat_map(|e| {
             if e.file_type().unwrap().is_dir() {
-                count_files(&e.path())
+                files(&e.path())
             } else {
-                1
+                vec![e.path()]
             }
         })
-        .sum()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -345,11 +363,7 @@ async fn queries_shared_across_three_nodes_equal_single_node_results() {
         );
     }
     let queries_dir = PathBuf::from(&meadow.uri).join("_apiary/swarm/queries");
-    assert_eq!(
-        count_files(&queries_dir),
-        0,
-        "queries clean up after themselves"
-    );
+    no_query_objects_left(&queries_dir);
 
     // 3. A worker SIGKILLed mid-task: the query still answers exactly.
     let heavy = "SELECT k, count(DISTINCT regexp_replace(s, '[0-9]+', 'N', 'g')) AS shapes, \
@@ -401,9 +415,7 @@ async fn queries_shared_across_three_nodes_equal_single_node_results() {
     );
     // Dead after 10 intervals, then one retry: well inside the task deadline.
     assert!(started.elapsed() < Duration::from_secs(60));
-    wait_for("no query objects left", Duration::from_secs(30), || {
-        count_files(&queries_dir) == 0
-    });
+    no_query_objects_left(&queries_dir);
     a.stop();
     b.stop();
 }

@@ -401,6 +401,10 @@ mod tests {
     use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
+    fn count_files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
     fn cell(i: usize) -> Path {
         Path::from(format!("h/b/f/part-{i}.parquet"))
     }
@@ -409,13 +413,13 @@ mod tests {
     async fn cells_are_served_from_disk_and_evicted_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let meadow: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        for i in 0..3 {
+        for i in 0..5 {
             meadow
-                .put(&cell(i), PutPayload::from(vec![i as u8; 1000]))
+                .put(&cell(i), PutPayload::from(vec![i as u8; 400]))
                 .await
                 .unwrap();
         }
-        let cache = CellCache::open(dir.path(), Some(4000)).unwrap(); // cells up to 1000 B
+        let cache = CellCache::open(dir.path(), Some(1900)).unwrap(); // four cells fit
         let store = CachedStore {
             inner: meadow.clone(),
             cache: cache.clone(),
@@ -425,29 +429,27 @@ mod tests {
         // Served from disk: gone from the meadow, still readable.
         meadow.delete(&cell(0)).await.unwrap();
         let whole = store.get(&cell(0)).await.unwrap().bytes().await.unwrap();
-        assert_eq!(whole.len(), 1000);
+        assert_eq!(whole.len(), 400);
         assert_eq!(cache.summary().hits, 1);
         assert_eq!(cache.summary().misses, 1);
-        // Fill: 0 was used last after 1 and 2 were fetched? use 1, 2, then 0, then a 4th evicts 1.
-        store.get_range(&cell(1), 0..1).await.unwrap();
-        store.get_range(&cell(2), 0..1).await.unwrap();
-        store.get_range(&cell(0), 0..1).await.unwrap();
-        meadow
-            .put(&cell(3), PutPayload::from(vec![3u8; 1000]))
-            .await
-            .unwrap();
-        store.get_range(&cell(3), 0..1).await.unwrap();
-        store.get_range(&cell(3), 0..1).await.unwrap();
-        store.get_range(&cell(3), 0..1).await.unwrap();
+        // Use 1, 2, 3, then 0 again: a fifth cell evicts 1, the least recently used.
+        for i in [1, 2, 3, 0, 4] {
+            store.get_range(&cell(i), 0..1).await.unwrap();
+        }
         let s = cache.summary();
-        assert!(s.bytes <= 4000, "{s:?}");
+        assert_eq!((s.bytes, s.cells), (1600, 4), "{s:?}");
         assert!(
             !s.keys.contains(&key(cell(1).as_ref())),
             "1 was least recently used: {s:?}"
         );
         assert!(s.keys.contains(&key(cell(0).as_ref())));
+        assert_eq!(
+            count_files_in(dir.path()),
+            4,
+            "evicted cells leave the disk"
+        );
         // Suffix ranges (Parquet footers) and a reopened cache keep working.
-        let reopened = CellCache::open(dir.path(), Some(4000)).unwrap();
+        let reopened = CellCache::open(dir.path(), Some(1900)).unwrap();
         assert_eq!(reopened.summary().cells, s.cells);
         let store = CachedStore {
             inner: meadow.clone(),
@@ -463,7 +465,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(tail.range, 992..1000);
+        assert_eq!(tail.range, 392..400);
         assert_eq!(reopened.summary().hits, 1, "served by the reopened cache");
         // Not cells: always the meadow.
         let log = Path::from("h/b/f/_delta_log/00000000000000000000.json");

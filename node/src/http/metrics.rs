@@ -117,6 +117,62 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
         "Tasks given up after their trial limit.",
         &[("", colony.abandoned_tasks as f64)],
     );
+    let r = st.apiary.meadow().requests();
+    metric(
+        &mut out,
+        "apiary_meadow_requests_total",
+        "counter",
+        "Requests this node made to the meadow (cache hits not included), by kind.",
+        &[
+            ("{kind=\"get\"}", r.get as f64),
+            ("{kind=\"put\"}", r.put as f64),
+            ("{kind=\"list\"}", r.list as f64),
+            ("{kind=\"delete\"}", r.delete as f64),
+            ("{kind=\"copy\"}", r.copy as f64),
+        ],
+    );
+    if let Some(c) = st.apiary.cache() {
+        let c = c.summary();
+        metric(
+            &mut out,
+            "apiary_cell_cache_bytes",
+            "gauge",
+            "Bytes of cells in the local cache.",
+            &[("", c.bytes as f64)],
+        );
+        metric(
+            &mut out,
+            "apiary_cell_cache_reads_total",
+            "counter",
+            "Cell reads by the cache, by outcome.",
+            &[
+                ("{outcome=\"hit\"}", c.hits as f64),
+                ("{outcome=\"miss\"}", c.misses as f64),
+            ],
+        );
+    }
+    if let Some(swarm) = st.apiary.swarm() {
+        let c = swarm.counters();
+        metric(
+            &mut out,
+            "apiary_swarm_tasks_total",
+            "counter",
+            "Swarm tasks: run here for others (done, failed); as coordinator, given out again              and run here after their trials (reclaimed, abandoned).",
+            &[
+                ("{outcome=\"done\"}", c.tasks_done as f64),
+                ("{outcome=\"failed\"}", c.tasks_failed as f64),
+                ("{outcome=\"reclaimed\"}", c.tasks_reclaimed as f64),
+                ("{outcome=\"abandoned\"}", c.tasks_abandoned as f64),
+            ],
+        );
+        metric(
+            &mut out,
+            "apiary_swarm_stages_shared_total",
+            "counter",
+            "Query stages this node shared with the swarm.",
+            &[("", c.stages_shared as f64)],
+        );
+    }
     if let Ok(ing) = crate::ingest::read_status(&st.apiary.config().node.state_dir) {
         for (name, kind, help, v) in [
             (

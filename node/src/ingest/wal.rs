@@ -70,17 +70,32 @@ fn sled_err(e: sled::Error) -> Error {
 
 impl Wal {
     pub fn open(dir: &Path) -> Result<Wal> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(16 << 20)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
-                Error::storage(format!(
-                    "cannot open write-ahead log {}: {e}",
-                    dir.display()
-                ))
-            })?;
+        // A log closed a moment ago in this process may still be locked by sled's flusher
+        // thread: wait a little for it rather than fail a restart.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(16 << 20)
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => {
+                    break other.map_err(|e| {
+                        Error::storage(format!(
+                            "cannot open write-ahead log {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                }
+            }
+        };
         let tree = db.open_tree("messages").map_err(sled_err)?;
         Ok(Wal { db, tree })
     }

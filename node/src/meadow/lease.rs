@@ -2,6 +2,8 @@
 //! holder and an expiry. Taking a free lease is a put-if-absent; the holder renews by
 //! rewriting it; an expired lease is taken over with put-if-match where the store has it
 //! (S3), else by delete and put-if-absent (a local directory, where nodes share one machine).
+//! Each change of holder bumps the lease's epoch, so a holder can tell it lost the lease
+//! in between even if it got it back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +19,9 @@ pub struct Lease {
     pub holder: String,
     /// ms since the Unix epoch
     pub expires_ms: u64,
+    /// Counts the changes of holder.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 fn now_ms() -> u64 {
@@ -42,18 +47,27 @@ pub async fn read(meadow: &Meadow, name: &str) -> Result<Option<Lease>> {
 pub async fn acquire(meadow: &Meadow, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
     let rel = path(name);
     let now = now_ms();
-    let body = encode_json(&Lease {
-        format_version: FORMAT_VERSION,
-        name: name.to_string(),
-        holder: holder.to_string(),
-        expires_ms: now + ttl.as_millis() as u64,
-    })?;
+    let lease = |epoch| {
+        encode_json(&Lease {
+            format_version: FORMAT_VERSION,
+            name: name.to_string(),
+            holder: holder.to_string(),
+            expires_ms: now + ttl.as_millis() as u64,
+            epoch,
+        })
+    };
     let Some(current) = meadow.get_json::<Lease>(&rel).await? else {
-        return meadow.put_if_absent(&rel, body).await;
+        return meadow.put_if_absent(&rel, lease(1)?).await;
     };
     if current.value.holder != holder && current.value.expires_ms > now {
         return Ok(false);
     }
+    let epoch = if current.value.holder == holder {
+        current.value.epoch
+    } else {
+        current.value.epoch + 1
+    };
+    let body = lease(epoch)?;
     match meadow
         .put_if_match(&rel, body.clone(), current.version)
         .await
@@ -100,7 +114,12 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(read(&meadow, "chore").await.unwrap().unwrap().holder, "b");
+        let taken = read(&meadow, "chore").await.unwrap().unwrap();
+        assert_eq!(
+            (taken.holder.as_str(), taken.epoch),
+            ("b", 2),
+            "a new holder, a new epoch"
+        );
         assert!(!acquire(&meadow, "chore", "a", ttl).await.unwrap());
     }
 }

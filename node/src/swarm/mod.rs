@@ -28,8 +28,6 @@ use crate::udf::Udfs;
 /// Where distributed queries keep their objects.
 pub const QUERIES: &str = "_apiary/swarm/queries";
 const CLEANUP_LEASE: &str = "swarm-cleanup";
-/// The clean-up chore runs every this many heartbeats (on the lease holder).
-const CHORE_EVERY: u64 = 5;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -164,6 +162,8 @@ struct Inner {
     loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Query dirs without a manifest seen by the last chore (removed if still so next time).
     strays: Mutex<HashSet<String>>,
+    /// The forager's last listing of the queries (the chore reuses it when fresh).
+    listing: Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 /// This node's part in the swarm. Cheap to clone.
@@ -189,7 +189,11 @@ impl Swarm {
                 Duration::from_secs(2)
             },
         );
-        let task_timeout = p.config.task_timeout.map_or(p.task_timeout, |d| d.0);
+        // Every attempt and the coordinator's own run fit in the query's deadline.
+        let task_timeout = p
+            .config
+            .task_timeout
+            .map_or(p.task_timeout / (p.config.task_trials + 1), |d| d.0);
         Swarm {
             inner: Arc::new(Inner {
                 meadow: p.meadow,
@@ -210,6 +214,7 @@ impl Swarm {
                 stop: watch::channel(false).0,
                 loops: Mutex::new(Vec::new()),
                 strays: Mutex::new(HashSet::new()),
+                listing: Mutex::new(None),
             }),
         }
     }
@@ -243,7 +248,8 @@ impl Swarm {
                 if let Err(e) = me.beat(&mut seq).await {
                     tracing::warn!(error = %e, "heartbeat not written; trying again next interval");
                 }
-                if seq % CHORE_EVERY == 0
+                // As often as a node can die: every `dead_after` beats.
+                if seq % u64::from(me.inner.config.dead_after) == 0
                     && let Err(e) = me.chores().await
                 {
                     tracing::warn!(error = %e, "swarm clean-up chore failed");
@@ -337,7 +343,7 @@ impl Swarm {
             Some(n) => n,
             None => {
                 world
-                    .refresh(&i.meadow, i.config.suspect_after, i.config.dead_after)
+                    .refresh(&i.meadow, i.config.suspect_after, i.config.dead_after, true)
                     .await?
             }
         };
@@ -350,11 +356,22 @@ impl Swarm {
     /// nodes and the objects of queries whose coordinator is dead or whose deadline passed.
     async fn chores(&self) -> Result<()> {
         let i = &self.inner;
-        let ttl = i.interval * (CHORE_EVERY as u32) * 3;
-        if !crate::meadow::lease::acquire(&i.meadow, CLEANUP_LEASE, &i.node_id, ttl).await? {
+        let period = i.interval * i.config.dead_after;
+        if !crate::meadow::lease::acquire(&i.meadow, CLEANUP_LEASE, &i.node_id, period * 3).await? {
             return Ok(());
         }
-        let nodes = self.view(Duration::ZERO).await?;
+        // Who is alive needs the listing only, not every heartbeat read again.
+        let nodes = i
+            .world
+            .lock()
+            .await
+            .refresh(
+                &i.meadow,
+                i.config.suspect_after,
+                i.config.dead_after,
+                false,
+            )
+            .await?;
         for n in nodes.iter().filter(|n| n.state == NodeState::Dead) {
             tracing::info!(node = %n.beat.node_id, age_s = n.age.as_secs(), "removing a dead node's heartbeat");
             i.meadow
@@ -367,7 +384,18 @@ impl Swarm {
             .map(|n| n.beat.node_id.as_str())
             .collect();
         let mut by_query: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for path in i.meadow.list_all(QUERIES).await? {
+        let recent = i
+            .listing
+            .lock()
+            .expect("listing")
+            .clone()
+            .filter(|(at, _)| at.elapsed() < period)
+            .map(|(_, paths)| paths);
+        let paths = match recent {
+            Some(p) => p,
+            None => i.meadow.list_all(QUERIES).await?,
+        };
+        for path in paths {
             if let Some(q) = path
                 .strip_prefix(QUERIES)
                 .and_then(|r| r.trim_start_matches('/').split('/').next())

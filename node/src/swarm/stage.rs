@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -108,15 +108,34 @@ pub async fn finish(plan: &Arc<dyn ExecutionPlan>) {
 
 /// Remove a shared stage's objects, once (and only if it was launched).
 async fn remove_query(swarm: &Swarm, query: &str, shared: &Shared) {
-    if shared.launched.get().is_none() || shared.removed.swap(true, Ordering::SeqCst) {
+    if shared.launched.get().is_none() || shared.removed.load(Ordering::SeqCst) {
         return;
     }
     let meadow = &swarm.inner.meadow;
-    let removed = async {
-        let paths = meadow.list_all(&format!("{QUERIES}/{query}")).await?;
-        delete_all(meadow, paths).await
-    };
-    if let Err(e) = removed.await {
+    let dir = format!("{QUERIES}/{query}");
+    // A listing can fail while a worker replaces a file in it, and a worker may write
+    // once more after it: look again until nothing is left.
+    let mut last = None;
+    for _ in 0..10 {
+        let removed = async {
+            let paths = meadow.list_all(&dir).await?;
+            let empty = paths.is_empty();
+            delete_all(meadow, paths).await?;
+            Ok::<_, Error>(empty)
+        };
+        match removed.await {
+            Ok(true) => {
+                shared.removed.store(true, Ordering::SeqCst);
+                return;
+            }
+            Ok(false) => last = None,
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    if let Some(e) = last {
         tracing::warn!(query, error = %e, "query objects left for the clean-up chore");
     }
 }
@@ -233,8 +252,6 @@ pub struct SwarmExec {
 /// What the partitions of one `SwarmExec` share.
 struct Shared {
     launched: tokio::sync::OnceCell<()>,
-    /// Partitions not finished; the last one removes the query's objects.
-    running: AtomicUsize,
     removed: std::sync::atomic::AtomicBool,
 }
 
@@ -272,7 +289,6 @@ impl SwarmExec {
                 TreeNodeRecursion::Continue
             })
         });
-        let n = tasks.len();
         SwarmExec {
             swarm,
             query_id: format!("q-{}", uuid::Uuid::new_v4().simple()),
@@ -285,7 +301,6 @@ impl SwarmExec {
             properties,
             shared: Arc::new(Shared {
                 launched: tokio::sync::OnceCell::new(),
-                running: AtomicUsize::new(n),
                 removed: Default::default(),
             }),
         }
@@ -370,25 +385,16 @@ impl ExecutionPlan for SwarmExec {
             schema: self.schema(),
         };
         let schema = self.schema();
-        let stream = futures::stream::once(async move {
-            let out = run.task(partition as u32, task, context).await;
-            let out = match out {
-                Ok(s) => s,
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-            };
-            // The last partition to finish removes the query's objects.
-            Ok::<_, DataFusionError>(out.chain(futures::stream::once(async move {
-                run.finished().await;
-                Ok(None)
-            })))
-        })
-        .try_flatten()
-        .try_filter_map(|b| async move { Ok(b) });
+        // The query's objects are removed when the query is over (`finish`), not here: a
+        // partition's stream may be dropped before its end (a merge with a limit).
+        let stream =
+            futures::stream::once(async move { run.task(partition as u32, task, context).await })
+                .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
 
-type Batches = futures::stream::BoxStream<'static, DfResult<Option<RecordBatch>>>;
+type Batches = futures::stream::BoxStream<'static, DfResult<RecordBatch>>;
 
 /// One partition's run.
 struct Run {
@@ -433,7 +439,7 @@ impl Run {
                         .await
                         .map_err(to_df)?;
                 let plan = fragment::decode(&self.stage, scan, &ctx).map_err(to_df)?;
-                Ok(plan.execute(0, ctx)?.map_ok(Some).boxed())
+                Ok(plan.execute(0, ctx)?.boxed())
             }
             Answer::Parts { attempt, parts } => {
                 let meadow = self.swarm.inner.meadow.clone();
@@ -446,9 +452,7 @@ impl Run {
                         let schema = schema.clone();
                         async move { read_part(&meadow, &path, &schema).await.map_err(to_df) }
                     })
-                    .map_ok(|batches| {
-                        futures::stream::iter(batches.into_iter().map(|b| Ok(Some(b))))
-                    })
+                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
                     .try_flatten()
                     .boxed())
             }
@@ -504,7 +508,8 @@ impl Run {
     /// runs past its deadline or its worker dies; after its trials, answer it here.
     async fn await_task(&self, n: u32, task: &Assigned) -> Result<Answer> {
         let i = &self.swarm.inner;
-        let claim_timeout = i.config.forage_max.0 + i.interval * 2;
+        // Two polls at the slowest pace, and some slack for a busy node.
+        let claim_timeout = i.config.forage_max.0 * 2 + i.interval * 4;
         let mut attempt = 1;
         let mut node = task.node.clone();
         let mut tried = HashSet::from([node.clone()]);
@@ -580,13 +585,6 @@ impl Run {
             poll = (poll * 2).min(Duration::from_millis(250));
         }
     }
-
-    /// After a partition's last batch: the last one removes the query's objects.
-    async fn finished(&self) {
-        if self.shared.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-            remove_query(&self.swarm, &self.query_id, &self.shared).await;
-        }
-    }
 }
 
 async fn read_part(
@@ -611,4 +609,99 @@ async fn read_part(
 
 fn to_df(e: Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(n: usize) -> Vec<Cell> {
+        (0..n)
+            .map(|i| Cell {
+                path: format!("part-{i:03}.parquet"),
+                bytes: 1000 + (i as u64 % 7),
+                key: format!("k{i}"),
+            })
+            .collect()
+    }
+
+    fn node(id: &str, weight: f64, cached: &[usize]) -> Candidate {
+        Candidate {
+            node: id.into(),
+            local: id == "here",
+            weight,
+            cached: cached.iter().map(|i| format!("k{i}")).collect(),
+        }
+    }
+
+    fn count(a: &[Assigned], id: &str) -> (usize, usize) {
+        a.iter()
+            .find(|t| t.node == id)
+            .map_or((0, 0), |t| (t.cells.len(), t.cached))
+    }
+
+    #[test]
+    fn cells_are_shared_by_weight_and_every_cell_once() {
+        let cs = cells(90);
+        let a = assign(
+            &cs,
+            &[
+                node("here", 1.0, &[]),
+                node("b", 2.0, &[]),
+                node("c", 0.0001, &[]),
+            ],
+        );
+        let mut all: Vec<&str> = a
+            .iter()
+            .flat_map(|t| t.cells.iter().map(|c| c.path.as_str()))
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 90, "each cell exactly once");
+        let (here, b) = (count(&a, "here").0, count(&a, "b").0);
+        assert!(
+            (28..=32).contains(&here) && (58..=62).contains(&b),
+            "{here} {b}"
+        );
+        assert_eq!(count(&a, "c").0, 0, "a hot node gets next to nothing");
+        // Deterministic.
+        let again = assign(
+            &cs,
+            &[
+                node("here", 1.0, &[]),
+                node("b", 2.0, &[]),
+                node("c", 0.0001, &[]),
+            ],
+        );
+        assert_eq!(format!("{a:?}"), format!("{again:?}"));
+    }
+
+    #[test]
+    fn cached_cells_go_to_their_holder_within_its_share() {
+        let cs = cells(90);
+        let held: Vec<usize> = (60..90).collect();
+        let a = assign(
+            &cs,
+            &[
+                node("here", 1.0, &[]),
+                node("b", 1.0, &held),
+                node("c", 1.0, &[]),
+            ],
+        );
+        assert_eq!(count(&a, "b"), (30, 30), "b gets exactly what it holds");
+        // Holding more than its share: it keeps what fits (a quarter above its share).
+        let held: Vec<usize> = (0..90).collect();
+        let a = assign(
+            &cs,
+            &[
+                node("here", 1.0, &[]),
+                node("b", 1.0, &held),
+                node("c", 1.0, &[]),
+            ],
+        );
+        let (b, cached) = count(&a, "b");
+        assert_eq!(b, cached);
+        assert!((30..=38).contains(&b), "{b}");
+        assert!(count(&a, "here").0 > 20 && count(&a, "c").0 > 20);
+    }
 }

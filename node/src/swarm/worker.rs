@@ -72,6 +72,7 @@ async fn look(swarm: &Swarm) -> Result<usize> {
         return Ok(0);
     }
     let paths = i.meadow.list_all(QUERIES).await?;
+    *i.listing.lock().expect("listing") = Some((std::time::Instant::now(), paths.clone()));
     let mut statuses = HashSet::new();
     let mut mine = Vec::new();
     for p in &paths {
@@ -95,9 +96,28 @@ async fn look(swarm: &Swarm) -> Result<usize> {
             _ => {}
         }
     }
+    // A task given out again: only its latest attempt is worth running.
+    let mut latest = std::collections::HashMap::new();
+    for p in &paths {
+        if let [q, "tasks", t] = p
+            .strip_prefix(QUERIES)
+            .unwrap_or(p)
+            .trim_matches('/')
+            .split('/')
+            .collect::<Vec<_>>()
+            .as_slice()
+            && let Some((n, a, _)) = parse_task(t)
+        {
+            let e = latest.entry(format!("{q}/{n}")).or_insert(a);
+            *e = (*e).max(a);
+        }
+    }
     let mut started = 0;
     for (query, n, attempt, task_path) in mine {
-        if started == free || statuses.contains(&format!("{query}/{n}-{attempt}")) {
+        if started == free
+            || statuses.contains(&format!("{query}/{n}-{attempt}"))
+            || latest.get(&format!("{query}/{n}")) != Some(&attempt)
+        {
             continue;
         }
         let status = query_path(&query, &format!("status/{n}-{attempt}.json"));
@@ -109,6 +129,17 @@ async fn look(swarm: &Swarm) -> Result<usize> {
         let me = swarm.clone();
         tokio::spawn(async move {
             let outcome = me.run_task(&query, n, attempt, &task_path).await;
+            let manifest = query_path(&query, "manifest.json");
+            if !matches!(me.inner.meadow.get(&manifest).await, Ok(Some(_))) {
+                // The coordinator finished without us (it gave the task to another node, or
+                // gave up): take our result back out rather than leave it behind.
+                let results = query_path(&query, &format!("results/{n}-{attempt}"));
+                if let Ok(paths) = me.inner.meadow.list_all(&results).await {
+                    let _ = super::delete_all(&me.inner.meadow, paths).await;
+                }
+                let _ = me.inner.meadow.delete(&status).await;
+                return;
+            }
             let mut doc = StatusDoc::new(&me.inner.node_id, "done");
             match outcome {
                 Ok((parts, rows)) => {

@@ -99,7 +99,9 @@ pub struct NodeView {
 
 #[derive(Debug)]
 struct Seen {
+    /// The heartbeat's tag when last listed, and when last read (its `beat`).
     e_tag: String,
+    read_tag: String,
     changed_at: Instant,
     looked_at: Instant,
     beat: Heartbeat,
@@ -121,12 +123,14 @@ impl World {
             .map(|_| self.nodes.clone())
     }
 
-    /// Look at the heartbeats again: one listing, and a read of each one that changed.
+    /// Look at the heartbeats again: one listing, and a read of each one that changed
+    /// (only of new ones when `contents` is false: enough to judge who is alive).
     pub async fn refresh(
         &mut self,
         meadow: &Meadow,
         suspect_after: u32,
         dead_after: u32,
+        contents: bool,
     ) -> Result<Vec<NodeView>> {
         let listed = meadow.list_meta(NODES).await?;
         let now = Instant::now();
@@ -141,8 +145,26 @@ impl World {
                 .e_tag
                 .clone()
                 .unwrap_or_else(|| l.last_modified.timestamp_micros().to_string());
-            if self.seen.get(id).is_some_and(|s| s.e_tag == e_tag) {
-                continue;
+            // By the store's clock against ours; never older than our last look. S3 gives
+            // whole seconds: the change may have come up to a second later.
+            let resolution = if l.last_modified.timestamp_subsec_nanos() == 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            let store_age = (wall - l.last_modified)
+                .to_std()
+                .unwrap_or_default()
+                .saturating_sub(resolution);
+            if let Some(s) = self.seen.get_mut(id) {
+                if s.e_tag != e_tag {
+                    let age = store_age.min(now - s.looked_at);
+                    s.changed_at = now.checked_sub(age).unwrap_or(now);
+                    s.e_tag = e_tag.clone();
+                }
+                if !contents || s.read_tag == e_tag {
+                    continue;
+                }
             }
             let Some(doc) = meadow.get(&heartbeat_path(id)).await? else {
                 continue; // removed since the listing
@@ -154,21 +176,24 @@ impl World {
                     continue;
                 }
             };
-            // By the store's clock against ours; never older than our last look.
-            let store_age = (wall - l.last_modified).to_std().unwrap_or_default();
-            let age = match self.seen.get(id) {
-                Some(s) => store_age.min(now - s.looked_at),
-                None => store_age,
-            };
-            self.seen.insert(
-                id.to_string(),
-                Seen {
-                    e_tag,
-                    changed_at: now.checked_sub(age).unwrap_or(now),
-                    looked_at: now,
-                    beat,
-                },
-            );
+            match self.seen.get_mut(id) {
+                Some(s) => {
+                    s.beat = beat;
+                    s.read_tag = e_tag;
+                }
+                None => {
+                    self.seen.insert(
+                        id.to_string(),
+                        Seen {
+                            read_tag: e_tag.clone(),
+                            e_tag,
+                            changed_at: now.checked_sub(store_age).unwrap_or(now),
+                            looked_at: now,
+                            beat,
+                        },
+                    );
+                }
+            }
         }
         self.seen.retain(|id, _| present.contains(id));
         let mut nodes: Vec<NodeView> = self
@@ -193,8 +218,70 @@ impl World {
             })
             .collect();
         nodes.sort_by(|a, b| a.beat.node_id.cmp(&b.beat.node_id));
-        self.nodes = nodes.clone();
-        self.refreshed = Some(now);
+        if contents {
+            self.nodes = nodes.clone();
+            self.refreshed = Some(now);
+        }
         Ok(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meadow::encode_json;
+
+    async fn beat(meadow: &Meadow, id: &str, seq: u64, beat_ms: u64) {
+        let mut b = Heartbeat::new(id, id);
+        b.interval_ms = 100;
+        b.seq = seq;
+        b.beat_ms = beat_ms;
+        meadow
+            .put(&heartbeat_path(id), encode_json(&b).unwrap())
+            .await
+            .unwrap();
+    }
+
+    fn state(nodes: &[NodeView], id: &str) -> NodeState {
+        nodes.iter().find(|n| n.beat.node_id == id).unwrap().state
+    }
+
+    #[tokio::test]
+    async fn age_is_judged_by_changes_seen_not_by_the_writers_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let meadow = Meadow::open(dir.path().to_str().unwrap(), &Default::default())
+            .await
+            .unwrap();
+        let mut world = World::default();
+        // One writer's clock is decades behind, the other's a day ahead.
+        let day = 86_400_000;
+        let ahead = chrono::Utc::now().timestamp_millis() as u64 + day;
+        beat(&meadow, "behind", 1, 0).await;
+        beat(&meadow, "ahead", 1, ahead).await;
+        let nodes = world.refresh(&meadow, 3, 10, true).await.unwrap();
+        assert_eq!(state(&nodes, "behind"), NodeState::Alive);
+        assert_eq!(state(&nodes, "ahead"), NodeState::Alive);
+        // No change for 3 intervals: suspect, whatever the writer's clock said.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        beat(&meadow, "behind", 2, 0).await;
+        let nodes = world.refresh(&meadow, 3, 10, true).await.unwrap();
+        assert_eq!(state(&nodes, "behind"), NodeState::Alive, "it beat again");
+        assert_eq!(state(&nodes, "ahead"), NodeState::Suspect);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let nodes = world.refresh(&meadow, 3, 10, true).await.unwrap();
+        assert_eq!(state(&nodes, "ahead"), NodeState::Dead);
+        assert_eq!(state(&nodes, "behind"), NodeState::Suspect);
+        // A removed heartbeat leaves the view; an unreadable one is skipped, not fatal.
+        meadow.delete(&heartbeat_path("ahead")).await.unwrap();
+        meadow
+            .put(
+                &heartbeat_path("junk"),
+                bytes::Bytes::from_static(b"{not json"),
+            )
+            .await
+            .unwrap();
+        let nodes = world.refresh(&meadow, 3, 10, true).await.unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n.beat.node_id.as_str()).collect();
+        assert_eq!(ids, ["behind"]);
     }
 }
