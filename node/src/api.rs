@@ -78,8 +78,6 @@ pub struct SwarmStatus {
     pub alive: usize,
     pub total_bees: usize,
     pub total_idle_bees: usize,
-    /// This node's counters as a coordinator and worker.
-    pub counters: Option<crate::swarm::CounterValues>,
 }
 
 /// A frame and its figures at its latest version.
@@ -307,7 +305,7 @@ impl Apiary {
             return Ok(self.lone_status());
         };
         let nodes = swarm.view(swarm.interval()).await?;
-        Ok(swarm_status(&nodes, Some(swarm.counters())))
+        Ok(swarm_status(&nodes))
     }
 
     /// The swarm of one this node is without heartbeats.
@@ -336,7 +334,6 @@ impl Apiary {
             total_bees: me.bees,
             total_idle_bees: me.idle_bees,
             nodes: vec![me],
-            counters: None,
         }
     }
 
@@ -395,10 +392,7 @@ fn pressure(used: u64, budget: u64) -> f64 {
 }
 
 /// The swarm's figures from a world view; totals over alive nodes.
-pub fn swarm_status(
-    nodes: &[NodeView],
-    counters: Option<crate::swarm::CounterValues>,
-) -> SwarmStatus {
+fn swarm_status(nodes: &[NodeView]) -> SwarmStatus {
     let nodes: Vec<SwarmNode> = nodes
         .iter()
         .map(|n| {
@@ -425,7 +419,6 @@ pub fn swarm_status(
         alive: alive.len(),
         total_bees: alive.iter().map(|n| n.bees).sum(),
         total_idle_bees: alive.iter().map(|n| n.idle_bees).sum(),
-        counters,
         nodes,
     }
 }
