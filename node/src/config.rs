@@ -60,7 +60,7 @@ impl Default for SwarmConfig {
             distribute_min_bytes: ByteSize(64 << 20),
             task_trials: 3,
             task_timeout: None,
-            forage_min: Duration(std::time::Duration::from_millis(200)),
+            forage_min: Duration(std::time::Duration::from_millis(100)),
             forage_max: Duration(std::time::Duration::from_secs(15)),
         }
     }

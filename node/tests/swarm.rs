@@ -14,7 +14,7 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::{Node, TestMeadow};
 
-const INTERVAL_MS: u64 = 300;
+const INTERVAL_MS: u64 = 500;
 
 /// A node (or CLI) config on `meadow` with fast heartbeats and every scan shared.
 fn config(dir: &Path, meadow: &TestMeadow, id: &str, swarm: bool) -> PathBuf {

@@ -448,9 +448,18 @@ pub async fn scan(
     spec: &ScanSpec,
     cells: &[String],
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let frame = frames
-        .open(&spec.hive, &spec.box_name, &spec.frame, Some(spec.version))
+    // Usually the version is the latest, which this node keeps (and brings forward from
+    // the log's newest entries); an older one is loaded from the log.
+    let latest = frames
+        .open(&spec.hive, &spec.box_name, &spec.frame, None)
         .await?;
+    let frame = if latest.version() == spec.version {
+        latest
+    } else {
+        frames
+            .open(&spec.hive, &spec.box_name, &spec.frame, Some(spec.version))
+            .await?
+    };
     frame.table.update_datafusion_session(state)?;
     let provider = frame
         .table

@@ -545,20 +545,6 @@ impl Session {
 
     /// Run a query through DataFusion in the chamber and collect its result.
     async fn query(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
-        if let Some(inner) = explained(sql) {
-            // DataFusion's EXPLAIN prints the plan before the swarm shares it: print ours.
-            let (_, physical, _) = self.plan(chamber, inner).await?;
-            let text = datafusion::physical_plan::displayable(physical.as_ref())
-                .indent(true)
-                .to_string();
-            return QueryResult::single(vec![
-                (
-                    "plan_type",
-                    Arc::new(StringArray::from(vec!["physical_plan"])),
-                ),
-                ("plan", Arc::new(StringArray::from(vec![text]))),
-            ]);
-        }
         let (schema, physical, state) = self.plan(chamber, sql).await?;
         let batches = datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await;
         self.finish(&physical).await;
@@ -577,6 +563,47 @@ impl Session {
         chamber: &Chamber<'_>,
         sql: &str,
     ) -> Result<(SchemaRef, Arc<dyn ExecutionPlan>, SessionState)> {
+        let Some(inner) = explained(sql) else {
+            let (schema, physical, state, _) = self.plan_query(chamber, sql).await?;
+            return Ok((schema, physical, state));
+        };
+        // DataFusion's EXPLAIN prints the plan before the swarm shares it: print ours.
+        let (_, physical, state, logical) = self.plan_query(chamber, inner).await?;
+        let logical = state.optimize(&logical)?;
+        let result = QueryResult::single(vec![
+            (
+                "plan_type",
+                Arc::new(StringArray::from(vec!["logical_plan", "physical_plan"])),
+            ),
+            (
+                "plan",
+                Arc::new(StringArray::from(vec![
+                    logical.display_indent().to_string(),
+                    datafusion::physical_plan::displayable(physical.as_ref())
+                        .indent(true)
+                        .to_string(),
+                ])),
+            ),
+        ])?;
+        let rows = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[result.batches],
+            result.schema.clone(),
+            None,
+        )?;
+        Ok((result.schema, rows, state))
+    }
+
+    /// Plan a query (not an EXPLAIN): also its logical plan.
+    async fn plan_query(
+        &mut self,
+        chamber: &Chamber<'_>,
+        sql: &str,
+    ) -> Result<(
+        SchemaRef,
+        Arc<dyn ExecutionPlan>,
+        SessionState,
+        datafusion::logical_expr::LogicalPlan,
+    )> {
         let (sql, versions) = rewrite_time_travel(sql, |parts| self.resolve(parts))?;
         for (h, b, f, v) in versions {
             self.bind((h, b, f, Some(v))).await?;
@@ -606,7 +633,7 @@ impl Session {
         if let Some(d) = &self.distribute {
             physical = d.distribute(physical, &state, &udfs).await?;
         }
-        Ok((schema, physical, state))
+        Ok((schema, physical, state, plan))
     }
 
     /// Make the meadow's UDFs that the statement calls known to its planner, bound to the

@@ -149,7 +149,7 @@ pub struct Candidate {
     pub cached: HashSet<String>,
 }
 
-/// Alive nodes with free bees that accept tasks (not hot); this node always.
+/// Alive nodes that accept tasks (not hot); this node always.
 pub fn candidates(nodes: &[NodeView], me: &str) -> Vec<Candidate> {
     nodes
         .iter()
@@ -157,19 +157,20 @@ pub fn candidates(nodes: &[NodeView], me: &str) -> Vec<Candidate> {
         .filter_map(|n| {
             let b = &n.beat;
             let local = b.node_id == me;
-            if !local && (!b.accepts_tasks || b.idle_bees == 0) {
+            if !local && (!b.accepts_tasks || b.bees == 0) {
                 return None;
             }
+            // Idle bees count most; a node busy when it last beat may well be free by now.
             // The coordinator runs its share in the bee its query already holds.
             let free = if local {
-                b.idle_bees.max(1)
+                b.idle_bees.max(1) as f64
             } else {
-                b.idle_bees
+                b.idle_bees as f64 + 0.5
             };
             Some(Candidate {
                 node: b.node_id.clone(),
                 local,
-                weight: free as f64 * (1.0 - b.temperature).max(0.1),
+                weight: free * (1.0 - b.temperature).max(0.1),
                 cached: b.cache.keys.iter().cloned().collect(),
             })
         })
@@ -516,7 +517,7 @@ impl Run {
         let mut posted = Instant::now();
         let mut claimed: Option<Instant> = None;
         let mut checked = Instant::now();
-        let mut poll = Duration::from_millis(20);
+        let mut poll = Duration::from_millis(10);
         loop {
             let status = i
                 .meadow
@@ -579,10 +580,10 @@ impl Run {
                 self.post(n, attempt, &node, &task.cells).await?;
                 posted = Instant::now();
                 claimed = None;
-                poll = Duration::from_millis(20);
+                poll = Duration::from_millis(10);
             }
             tokio::time::sleep(poll).await;
-            poll = (poll * 2).min(Duration::from_millis(250));
+            poll = (poll * 3 / 2).min(Duration::from_millis(100));
         }
     }
 }

@@ -36,13 +36,18 @@ pub async fn forage(swarm: Swarm) {
                 0
             }
         };
-        // A cold node looks more often: it has the most room for work.
-        let cap = if swarm.inner.pool.band() == Band::Cold {
-            (max / 2).max(min)
+        // A cold node backs off more slowly (it has the most room for work); an idle one
+        // still ends at the cap, which bounds what an idle swarm costs.
+        let grow = if swarm.inner.pool.band() == Band::Cold {
+            1.5
         } else {
-            max
+            2.0
         };
-        wait = if found > 0 { min } else { (wait * 2).min(cap) };
+        wait = if found > 0 {
+            min
+        } else {
+            wait.mul_f64(grow).min(max)
+        };
     }
 }
 
