@@ -12,6 +12,7 @@ pub mod input;
 pub mod meadow;
 pub mod output;
 pub mod remote;
+pub mod service;
 pub mod sql;
 pub mod swarm;
 pub mod telemetry;

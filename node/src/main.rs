@@ -405,10 +405,16 @@ async fn run_node(apiary: Apiary) -> Result<()> {
         http = %http.as_ref().map(|h| h.url()).unwrap_or_else(|| "off".into()),
         "apiary node ready"
     );
+    apiary::service::ready(&format!("serving; node {}", status.node_id));
+    let watchdog = apiary::service::watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    apiary::service::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
     }
     if let Some(http) = http {
         http.shutdown().await;
