@@ -332,16 +332,11 @@ impl Meadow {
 
     /// Names (last path segment) of the objects directly under the folder `rel`.
     pub async fn list_names(&self, rel: &str) -> Result<Vec<String>> {
-        let prefix = self.path(rel);
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|e| Error::from(e).context(format!("meadow list {rel}")))?;
-        let mut names: Vec<String> = listing
-            .objects
-            .iter()
-            .filter_map(|o| o.location.filename().map(str::to_string))
+        let mut names: Vec<String> = self
+            .list_meta(rel)
+            .await?
+            .into_iter()
+            .map(|l| l.name)
             .collect();
         names.sort();
         Ok(names)

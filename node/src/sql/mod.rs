@@ -193,21 +193,12 @@ impl Session {
         chamber: &Chamber<'_>,
         udfs: &[String],
     ) -> Result<SessionState> {
-        use datafusion::execution::FunctionRegistry;
         let mut state = self.state_in(chamber);
         for name in udfs {
             let manifest = self.udfs.get(name).await?.ok_or_else(|| {
                 Error::not_found(format!("function {name} (used by a swarm task) is gone"))
             })?;
-            let udf = self
-                .udfs
-                .scalar(
-                    &manifest,
-                    chamber.runtime_env().memory_pool.clone(),
-                    chamber.deadline(),
-                )
-                .await?;
-            state.register_udf(Arc::new(udf))?;
+            self.register_udf(&mut state, &manifest, chamber).await?;
         }
         Ok(state)
     }
@@ -644,7 +635,6 @@ impl Session {
         stmt: &datafusion::sql::parser::Statement,
         chamber: &Chamber<'_>,
     ) -> Result<Vec<String>> {
-        use datafusion::execution::FunctionRegistry;
         use datafusion::sql::sqlparser::ast::{Expr, ObjectNamePart, visit_expressions};
         use std::ops::ControlFlow;
         let datafusion::sql::parser::Statement::Statement(ast) = stmt else {
@@ -671,19 +661,31 @@ impl Session {
                 continue;
             }
             if let Some(manifest) = self.udfs.get(&name).await? {
-                let udf = self
-                    .udfs
-                    .scalar(
-                        &manifest,
-                        chamber.runtime_env().memory_pool.clone(),
-                        chamber.deadline(),
-                    )
-                    .await?;
-                state.register_udf(Arc::new(udf))?;
+                self.register_udf(state, &manifest, chamber).await?;
                 registered.push(name);
             }
         }
         Ok(registered)
+    }
+
+    /// A meadow UDF in `state`, bound to the chamber's memory pool and deadline.
+    async fn register_udf(
+        &self,
+        state: &mut SessionState,
+        manifest: &crate::udf::UdfManifest,
+        chamber: &Chamber<'_>,
+    ) -> Result<()> {
+        use datafusion::execution::FunctionRegistry;
+        let udf = self
+            .udfs
+            .scalar(
+                manifest,
+                chamber.runtime_env().memory_pool.clone(),
+                chamber.deadline(),
+            )
+            .await?;
+        state.register_udf(Arc::new(udf))?;
+        Ok(())
     }
 
     /// Load a frame (at a version) and make it visible to the planner.
