@@ -517,19 +517,20 @@ pub fn replace_stages(
     plan: Arc<dyn ExecutionPlan>,
     mut replacements: HashMap<usize, Arc<dyn ExecutionPlan>>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    // Stages are identified by the address of their root node.
+    // Stages are identified by the address of the plan node they replace.
     Ok(plan
-        .transform_down(|n| {
-            let id = Arc::as_ptr(&n) as *const () as usize;
-            match replacements.remove(&id) {
-                Some(r) => Ok(Transformed::new(r, true, TreeNodeRecursion::Jump)),
-                None => Ok(Transformed::no(n)),
-            }
+        .transform_down(|n| match replacements.remove(&node_id(&n)) {
+            Some(r) => Ok(Transformed::new(r, true, TreeNodeRecursion::Jump)),
+            None => Ok(Transformed::no(n)),
         })
         .data()?)
 }
 
 /// The identity [`replace_stages`] uses for a stage.
 pub fn stage_id(stage: &Stage) -> usize {
-    Arc::as_ptr(&stage.target) as *const () as usize
+    node_id(&stage.target)
+}
+
+fn node_id(node: &Arc<dyn ExecutionPlan>) -> usize {
+    Arc::as_ptr(node) as *const () as usize
 }

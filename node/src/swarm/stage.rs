@@ -306,10 +306,6 @@ impl SwarmExec {
             }),
         }
     }
-
-    pub fn tasks(&self) -> &[Assigned] {
-        &self.tasks
-    }
 }
 
 impl DisplayAs for SwarmExec {

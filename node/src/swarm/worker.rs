@@ -80,6 +80,8 @@ async fn look(swarm: &Swarm) -> Result<usize> {
     *i.listing.lock().expect("listing") = Some((std::time::Instant::now(), paths.clone()));
     let mut statuses = HashSet::new();
     let mut mine = Vec::new();
+    // A task given out again: only its latest attempt is worth running.
+    let mut latest = std::collections::HashMap::new();
     for p in &paths {
         let parts: Vec<&str> = p
             .strip_prefix(QUERIES)
@@ -92,29 +94,15 @@ async fn look(swarm: &Swarm) -> Result<usize> {
                 statuses.insert(format!("{q}/{}", s.trim_end_matches(".json")));
             }
             [q, "tasks", t] => {
-                if let Some((n, a, node)) = parse_task(t)
-                    && node == i.node_id
-                {
-                    mine.push((q.to_string(), n, a, p.clone()));
+                if let Some((n, a, node)) = parse_task(t) {
+                    let e = latest.entry(format!("{q}/{n}")).or_insert(a);
+                    *e = (*e).max(a);
+                    if node == i.node_id {
+                        mine.push((q.to_string(), n, a, p.clone()));
+                    }
                 }
             }
             _ => {}
-        }
-    }
-    // A task given out again: only its latest attempt is worth running.
-    let mut latest = std::collections::HashMap::new();
-    for p in &paths {
-        if let [q, "tasks", t] = p
-            .strip_prefix(QUERIES)
-            .unwrap_or(p)
-            .trim_matches('/')
-            .split('/')
-            .collect::<Vec<_>>()
-            .as_slice()
-            && let Some((n, a, _)) = parse_task(t)
-        {
-            let e = latest.entry(format!("{q}/{n}")).or_insert(a);
-            *e = (*e).max(a);
         }
     }
     let mut started = 0;
