@@ -25,6 +25,7 @@ pub struct Config {
     pub swarm: SwarmConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub device: DeviceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +248,83 @@ impl Default for NodeConfig {
     }
 }
 
+/// The appliance's own settings, applied by the Pi image's boot script (`apiary config get`);
+/// the node itself does not use them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// The board's host name (also the node's default name).
+    pub hostname: Option<String>,
+    /// Public keys allowed to log in as root over SSH, one `ssh-…` line each.
+    pub ssh_authorized_keys: Vec<String>,
+    pub wifi: Option<WifiConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WifiConfig {
+    pub ssid: String,
+    /// The passphrase (8 to 63 characters) or the 64 hex digits of the key.
+    pub psk: String,
+    /// Regulatory domain, two letters (ISO 3166), e.g. "GB".
+    pub country: Option<String>,
+}
+
+impl DeviceConfig {
+    fn validate(&self) -> Result<()> {
+        if let Some(h) = &self.hostname {
+            let label_ok = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if h.len() > 253 || !h.split('.').all(label_ok) {
+                return Err(Error::invalid(format!(
+                    "device.hostname = {h:?}: use letters, digits and inner hyphens \
+                     (dot-separated labels of at most 63)"
+                )));
+            }
+        }
+        for key in &self.ssh_authorized_keys {
+            let kind = key.split_whitespace().next().unwrap_or("");
+            let known =
+                kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
+            if !known || key.chars().any(char::is_control) {
+                return Err(Error::invalid(format!(
+                    "device.ssh_authorized_keys: {:?} is not one public key line \
+                     (like \"ssh-ed25519 AAAA… me@laptop\")",
+                    key.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+        if let Some(w) = &self.wifi {
+            if w.ssid.is_empty() || w.ssid.len() > 32 || w.ssid.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "device.wifi.ssid: 1 to 32 bytes without control characters",
+                ));
+            }
+            let hex_key = w.psk.len() == 64 && w.psk.chars().all(|c| c.is_ascii_hexdigit());
+            let passphrase = (8..=63).contains(&w.psk.len())
+                && w.psk.chars().all(|c| c.is_ascii() && !c.is_ascii_control());
+            if !(hex_key || passphrase) {
+                return Err(Error::invalid(
+                    "device.wifi.psk: a passphrase of 8 to 63 printable ASCII characters, \
+                     or 64 hex digits",
+                ));
+            }
+            if let Some(c) = &w.country
+                && !(c.len() == 2 && c.chars().all(|c| c.is_ascii_uppercase()))
+            {
+                return Err(Error::invalid(format!(
+                    "device.wifi.country = {c:?}: two capital letters, like \"GB\" or \"US\""
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeadowConfig {
@@ -440,15 +518,42 @@ impl Config {
     /// Read the file named by `path`, else by `APIARY_CONFIG`, else `/etc/apiary/apiary.toml`
     /// when it exists, else start from defaults; then apply `APIARY_*` variables.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let env_path = std::env::var_os("APIARY_CONFIG").map(PathBuf::from);
-        let explicit = path.map(Path::to_path_buf).or(env_path);
-        let mut config = match explicit {
+        let mut config = match Self::file(path) {
             Some(p) => Self::from_file(&p)?,
-            None if Path::new(SYSTEM_CONFIG).exists() => Self::from_file(Path::new(SYSTEM_CONFIG))?,
             None => Config::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
+    }
+
+    /// The file `load` reads: `path`, else `APIARY_CONFIG`, else the system one if present.
+    pub fn file(path: Option<&Path>) -> Option<PathBuf> {
+        let env_path = std::env::var_os("APIARY_CONFIG").map(PathBuf::from);
+        path.map(Path::to_path_buf)
+            .or(env_path)
+            .or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()))
+    }
+
+    /// The value at a dotted key (`device.wifi.ssid`) as written in the TOML `text`, for
+    /// scripts: a string as is, an array one item a line, anything else as TOML; `None` when
+    /// the key is not set.
+    pub fn lookup(text: &str, key: &str) -> Result<Option<String>> {
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| Error::invalid(e.to_string().trim_end().to_string()))?;
+        for part in key.split('.') {
+            match value.get(part) {
+                Some(v) => value = v.clone(),
+                None => return Ok(None),
+            }
+        }
+        let line = |v: &toml::Value| match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Ok(Some(match &value {
+            toml::Value::Array(items) => items.iter().map(line).collect::<Vec<_>>().join("\n"),
+            v => line(v),
+        }))
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -469,6 +574,9 @@ impl Config {
         }
         if let Some(v) = get("APIARY_STATE_DIR") {
             self.node.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("APIARY_CACHE_DIR") {
+            self.cache.dir = Some(PathBuf::from(v));
         }
         if let Some(v) = get("APIARY_NODE_NAME") {
             self.node.name = Some(v);
@@ -575,6 +683,7 @@ impl Config {
                 "swarm.forage_min must be above 0 and at most swarm.forage_max",
             ));
         }
+        self.device.validate()?;
         self.colony.validate()
     }
 
@@ -590,6 +699,64 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_settings_are_checked() {
+        let ok = |t: &str| Config::from_toml(t).and_then(|c| c.validate().map(|_| c));
+        let c = ok(r#"
+            [device]
+            hostname = "hive-7"
+            ssh_authorized_keys = ["ssh-ed25519 AAAAC3Nza me@laptop"]
+            wifi = { ssid = "Bee Net", psk = "pollen-2026", country = "GB" }
+            "#)
+        .unwrap();
+        assert_eq!(c.device.hostname.as_deref(), Some("hive-7"));
+        assert!(ok("[device.wifi]\nssid = \"x\"\npsk = \"").is_err());
+        let hex = "ab".repeat(32);
+        ok(&format!("[device.wifi]\nssid = \"x\"\npsk = \"{hex}\"")).unwrap();
+        let bad = |t: &str| ok(t).unwrap_err().to_string();
+        assert!(bad("[device]\nhostname = \"-pi\"").contains("device.hostname"));
+        assert!(bad("[device]\nhostname = \"pi_4\"").contains("device.hostname"));
+        assert!(bad("[device]\nssh_authorized_keys = [\"hello\"]").contains("public key"));
+        assert!(bad("[device.wifi]\nssid = \"x\"\npsk = \"short\"").contains("8 to 63"));
+        assert!(bad("[device.wifi]\nssid = \"\"\npsk = \"12345678\"").contains("ssid"));
+        let country = "[device.wifi]\nssid = \"x\"\npsk = \"12345678\"\ncountry = \"uk\"";
+        assert!(bad(country).contains("two capital letters"));
+        assert!(bad("[device]\nwifi_ssid = \"x\"").contains("unknown field"));
+    }
+
+    #[test]
+    fn the_cache_dir_comes_from_the_environment_too() {
+        let mut c = Config::from_toml("[cache]\ndir = \"/srv/cache\"").unwrap();
+        assert_eq!(c.cache.dir.as_deref(), Some(Path::new("/srv/cache")));
+        c.apply_env(|k| (k == "APIARY_CACHE_DIR").then(|| "/var/cache/apiary".into()))
+            .unwrap();
+        assert_eq!(c.cache.dir.as_deref(), Some(Path::new("/var/cache/apiary")));
+    }
+
+    #[test]
+    fn lookup_reads_dotted_keys_for_scripts() {
+        let text = r#"
+            [device]
+            hostname = "hive-7"
+            ssh_authorized_keys = ["ssh-ed25519 A a@b", "ssh-rsa B c@d"]
+            [device.wifi]
+            ssid = "Bee \"Net\""
+            [bees]
+            count = 2
+            "#;
+        let get = |k: &str| Config::lookup(text, k).unwrap();
+        assert_eq!(get("device.hostname").as_deref(), Some("hive-7"));
+        assert_eq!(get("device.wifi.ssid").as_deref(), Some("Bee \"Net\""));
+        assert_eq!(
+            get("device.ssh_authorized_keys").as_deref(),
+            Some("ssh-ed25519 A a@b\nssh-rsa B c@d")
+        );
+        assert_eq!(get("bees.count").as_deref(), Some("2"));
+        assert_eq!(get("device.wifi.psk"), None);
+        assert_eq!(get("nothing.here"), None);
+        assert!(Config::lookup("[device", "device.hostname").is_err());
+    }
 
     #[test]
     fn sizes_parse() {

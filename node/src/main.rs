@@ -100,6 +100,18 @@ enum Command {
     /// MQTT ingestion of the node running with this state dir
     #[command(subcommand)]
     Ingest(IngestCmd),
+    /// The config file (--config, APIARY_CONFIG or /etc/apiary/apiary.toml)
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check it (with the APIARY_* environment): exit 0 and say which file, or say what is wrong
+    Check,
+    /// Print the value at a dotted key as written in the file (a string as is, an array a
+    /// line an item; nothing when unset), e.g. device.wifi.ssid
+    Get { key: String },
 }
 
 #[derive(Subcommand)]
@@ -182,8 +194,11 @@ fn main() -> ExitCode {
     };
     let work = async {
         match &cli.remote {
-            Some(url) => run_remote(cli.command, url, cli.token.as_deref(), &config).await,
-            None => run(cli.command, config).await,
+            // The config file is this machine's, remote or not.
+            Some(url) if !matches!(cli.command, Command::Config(_)) => {
+                run_remote(cli.command, url, cli.token.as_deref(), &config).await
+            }
+            _ => run(cli.command, config, cli.config).await,
         }
     };
     match runtime.block_on(work) {
@@ -218,10 +233,33 @@ fn load_config(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
-async fn run(command: Command, config: Config) -> Result<()> {
+async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> Result<()> {
     if let Command::Ingest(IngestCmd::Status) = command {
         // Read what the running node wrote; this process does not open the meadow.
         return print_json(&apiary::ingest::read_status(&config.node.state_dir)?);
+    }
+    if let Command::Config(cmd) = command {
+        // `main` has loaded and checked the config already; nothing here opens the meadow.
+        let file = Config::file(config_path.as_deref());
+        return match cmd {
+            ConfigCmd::Check => {
+                match file {
+                    Some(f) => println!("{}: ok", f.display()),
+                    None => println!("no config file: defaults (and APIARY_* variables) ok"),
+                }
+                Ok(())
+            }
+            ConfigCmd::Get { key } => {
+                let Some(f) = file else { return Ok(()) };
+                let text = std::fs::read_to_string(&f).map_err(|e| {
+                    Error::invalid(format!("cannot read config {}: {e}", f.display()))
+                })?;
+                if let Some(v) = Config::lookup(&text, &key)? {
+                    println!("{v}");
+                }
+                Ok(())
+            }
+        };
     }
     let apiary = Apiary::open(config).await?;
     let registry = apiary.frames().registry();
@@ -303,7 +341,9 @@ async fn run(command: Command, config: Config) -> Result<()> {
         Command::Bees => print_json(&apiary.bee_status()),
         Command::Colony => print_json(&apiary.colony_status()),
         Command::Swarm => print_json(&apiary.swarm_status().await?),
-        Command::Ingest(IngestCmd::Status) => unreachable!("handled before opening the meadow"),
+        Command::Ingest(IngestCmd::Status) | Command::Config(_) => {
+            unreachable!("handled before opening the meadow")
+        }
     }
 }
 

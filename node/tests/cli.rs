@@ -365,6 +365,76 @@ fn bad_uris_and_config_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("APIARY_MEMORY_PER_BEE"));
 }
 
+/// `apiary config check` and `config get`, which the Pi image's boot script uses on the boot
+/// partition's apiary.toml; the image's template itself must pass.
+#[test]
+fn config_check_and_get_serve_the_boot_script() {
+    let m = common::local();
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/boot/apiary.toml");
+    let out = ok(&m, &["--config", template, "config", "check"]);
+    assert!(out.trim_end().ends_with("apiary.toml: ok"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("apiary.toml");
+    let c = cfg.to_str().unwrap();
+    std::fs::write(
+        &cfg,
+        "[device]\nhostname = \"hive-3\"\nssh_authorized_keys = [\"ssh-ed25519 AAAA a@b\", \
+         \"ssh-rsa BBBB c@d\"]\n[device.wifi]\nssid = \"Bee's \\\"Net\\\" $HOME\"\n\
+         psk = \"p4ss phrase!\"\n",
+    )
+    .unwrap();
+    ok(&m, &["--config", c, "config", "check"]);
+    assert_eq!(
+        ok(&m, &["--config", c, "config", "get", "device.hostname"]),
+        "hive-3\n"
+    );
+    assert_eq!(
+        ok(&m, &["--config", c, "config", "get", "device.wifi.ssid"]),
+        "Bee's \"Net\" $HOME\n"
+    );
+    assert_eq!(
+        ok(
+            &m,
+            &["--config", c, "config", "get", "device.ssh_authorized_keys"]
+        ),
+        "ssh-ed25519 AAAA a@b\nssh-rsa BBBB c@d\n"
+    );
+    assert_eq!(
+        ok(&m, &["--config", c, "config", "get", "device.wifi.country"]),
+        ""
+    );
+    // The config file is this machine's even with --remote: nothing is asked of a node.
+    let out = ok(
+        &m,
+        &[
+            "--remote",
+            "http://127.0.0.1:9",
+            "--config",
+            c,
+            "config",
+            "get",
+            "device.hostname",
+        ],
+    );
+    assert_eq!(out, "hive-3\n");
+
+    for (text, want) in [
+        ("[device]\nhostname = \"my_pi\"\n", "device.hostname"),
+        (
+            "[device.wifi]\nssid = \"x\"\npsk = \"short\"\n",
+            "device.wifi.psk",
+        ),
+        ("[meadow]\nendpont = \"x\"\n", "unknown field `endpont`"),
+        ("[mqtt\nurl = 1\n", "apiary.toml"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let err = fails(&m, &["--config", c, "config", "check"]);
+        assert!(err.contains(want), "{text:?}: {err}");
+        fails(&m, &["--config", c, "config", "get", "device.hostname"]);
+    }
+}
+
 /// An "S3" endpoint that accepts every PUT, ignoring If-None-Match: Apiary must refuse it.
 #[test]
 fn store_without_conditional_writes_is_refused() {

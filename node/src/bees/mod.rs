@@ -8,6 +8,8 @@ mod pool;
 pub use colony::{Band, Colony, ColonyConfig, ColonyStatus, Load, Verdict};
 pub use pool::{BeePool, BeeStatus, Chamber, PoolConfig, count_files};
 
+use std::path::{Path, PathBuf};
+
 use crate::config::BeesConfig;
 
 const MIB: u64 = 1 << 20;
@@ -79,21 +81,66 @@ fn machine_memory() -> u64 {
         })
         .map(|kib| kib * 1024)
         .unwrap_or(1 << 30);
-    let cgroup = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .filter_map(|p| std::fs::read_to_string(p).ok())
-    .filter_map(|s| s.trim().parse::<u64>().ok())
-    .min();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| cgroup_memory_limit(&c, Path::new("/sys/fs/cgroup")));
     cgroup.map_or(physical, |c| c.min(physical))
+}
+
+/// The tightest memory limit on this process's cgroup and its ancestors (a systemd unit's
+/// `MemoryMax=` sits on its own cgroup, not on the root): v2 `memory.max`, else v1
+/// `memory.limit_in_bytes`. `proc_cgroup` is /proc/self/cgroup, `root` the cgroup mount.
+fn cgroup_memory_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
+    let tightest = |base: PathBuf, path: &str, file: &str| {
+        base.join(path.trim_start_matches('/'))
+            .ancestors()
+            .take_while(|d| d.starts_with(&base))
+            .filter_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .filter_map(|s| s.trim().parse::<u64>().ok())
+            .min()
+    };
+    let v2 = || {
+        let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+        tightest(root.to_path_buf(), path, "memory.max")
+    };
+    let v1 = || {
+        proc_cgroup.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then_some(path)
+        })
+    };
+    v2().or_else(|| tightest(root.join("memory"), v1()?, "memory.limit_in_bytes"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ByteSize;
+
+    #[test]
+    fn the_cgroup_limit_is_the_tightest_on_the_way_up() {
+        let root = tempfile::tempdir().unwrap();
+        let unit = root.path().join("system.slice/apiary.service");
+        std::fs::create_dir_all(&unit).unwrap();
+        std::fs::write(root.path().join("system.slice/memory.max"), "max\n").unwrap();
+        std::fs::write(unit.join("memory.max"), "805306368\n").unwrap();
+        let own = "0::/system.slice/apiary.service\n";
+        assert_eq!(cgroup_memory_limit(own, root.path()), Some(768 << 20));
+        std::fs::write(root.path().join("system.slice/memory.max"), "536870912\n").unwrap();
+        assert_eq!(cgroup_memory_limit(own, root.path()), Some(512 << 20));
+        assert_eq!(cgroup_memory_limit("0::/\n", root.path()), None);
+        // cgroup v1: the memory controller's own hierarchy.
+        let v1 = root.path().join("memory/box");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("memory.limit_in_bytes"), "268435456\n").unwrap();
+        let v1_own = "5:cpu,cpuacct:/box\n4:memory:/box\n";
+        assert_eq!(cgroup_memory_limit(v1_own, root.path()), Some(256 << 20));
+        assert_eq!(cgroup_memory_limit("", root.path()), None);
+    }
 
     #[test]
     fn budgets_come_from_memory_and_cores() {
