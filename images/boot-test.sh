@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Boot test: the image's kernel, initrd and disk under qemu-system-aarch64 -M virt (software
+# emulation: the Pi's own firmware cannot be emulated), with user networking so the guest
+# reaches this host's S3 server and MQTT broker at 10.0.2.2. Two first boots of fresh copies:
+#   1. a malformed apiary.toml: the node stays stopped, the reason is on the console and in
+#      apiary-error.txt on the boot partition, and the board is still reachable over SSH;
+#   2. a non-default apiary.toml (S3 meadow, external broker, a route, host name): the root
+#      partition grows, the node's heartbeat appears in the host's bucket, MQTT messages
+#      published on the host land in a frame, and SQL over them answers both from the host
+#      (another node on the bucket) and through the guest's HTTP API with the token the
+#      first boot wrote to the boot partition.
+#   images/boot-test.sh [image]     (default: images/build.sh's raw image)
+set -euo pipefail
+. "$(dirname "$0")/../scripts/env.sh"
+img="${1:-${APIARY_IMAGE_DIR:-$CARGO_TARGET_DIR/images}/apiary-pi-arm64.img}"
+host_bin="${APIARY_BIN:-$CARGO_TARGET_DIR/debug/apiary}"
+boot_timeout="${APIARY_BOOT_TIMEOUT:-900}"   # seconds; emulated, on a busy 2-core builder
+[ -f "$img" ] || { echo "no image at $img: run images/build.sh" >&2; exit 2; }
+[ -x "$host_bin" ] || cargo build -q -p apiary --bin apiary
+command -v qemu-system-aarch64 >/dev/null || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-arm ipxe-qemu >/dev/null
+}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/apiary-boot-test.XXXXXX")
+qemu_pid=
+servers=()   # the S3 server and broker this script started (scripts/test shares its own)
+cleanup() {
+  [ -z "$qemu_pid" ] || kill "$qemu_pid" 2>/dev/null || true
+  [ ${#servers[@]} -eq 0 ] || kill "${servers[@]}" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+if [ -z "${APIARY_TEST_S3_ENDPOINT:-}" ]; then
+  eval "$("$REPO/scripts/s3-server")"; servers+=("$APIARY_S3_PID")
+fi
+if [ -z "${APIARY_TEST_MQTT_URL:-}" ]; then
+  eval "$("$REPO/scripts/mqtt-broker")"; servers+=("$APIARY_MQTT_PID")
+fi
+s3_port=${APIARY_TEST_S3_ENDPOINT##*:}
+mqtt_port=${APIARY_TEST_MQTT_URL##*:}
+bucket=${APIARY_TEST_S3_BUCKET:-apiary-test}
+
+fail() {
+  echo "boot test: $*" >&2
+  [ ! -f "$work/console.log" ] || { echo "--- guest console (last 60 lines):" >&2; tail -60 "$work/console.log" >&2; }
+  exit 1
+}
+# Poll until a command succeeds (deadline in seconds).
+until_ok() { # until_ok <seconds> <what> <command...>
+  local deadline=$((SECONDS + $1)) what=$2; shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt "$deadline" ] || fail "timed out waiting for: $what"
+    [ -z "$qemu_pid" ] || kill -0 "$qemu_pid" 2>/dev/null || fail "qemu exited while waiting for: $what"
+    sleep 2
+  done
+}
+on_console() { grep -aqF -- "$1" "$work/console.log"; }
+
+# The boot partition starts at 4 MiB (images/build.sh); mtools reads and writes it in place.
+boot_offset=$((4 << 20))
+mtools_on() { echo "$1@@$boot_offset"; }
+
+# The kernel, initrd and command line as the Pi firmware would take them from the boot
+# partition (config.txt's kernel= and initramfs, cmdline.txt), the console moved to the
+# virt machine's serial port.
+mcopy -n -i "$(mtools_on "$img")" ::config.txt ::cmdline.txt "$work/"
+kernel=$(sed -n 's/^kernel=//p' "$work/config.txt")
+initrd=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$work/config.txt")
+mcopy -n -i "$(mtools_on "$img")" "::$kernel" "$work/vmlinuz"
+mcopy -n -i "$(mtools_on "$img")" "::$initrd" "$work/initrd.img"
+cmdline="$(sed 's/console=[^ ]*//g' "$work/cmdline.txt" | tr -s ' ') console=ttyAMA0"
+
+# A fresh copy of the image with this apiary.toml, 512 MiB larger for the root to grow into.
+prepare() { # prepare <disk> <apiary.toml>
+  cp --sparse=always "$img" "$1"
+  truncate -s +512M "$1"
+  mcopy -o -i "$(mtools_on "$1")" "$2" ::apiary.toml
+}
+
+boot() { # boot <disk>
+  http_port=$(free_port); ssh_port=$(free_port)
+  : > "$work/console.log"
+  qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 -display none -no-reboot \
+    -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
+    -append "$cmdline" \
+    -drive "if=none,id=disk,format=raw,file=$1" -device virtio-blk-pci,drive=disk \
+    -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22" \
+    -device virtio-net-pci,netdev=net -device virtio-rng-pci \
+    -serial "file:$work/console.log" -monitor "unix:$work/monitor,server,nowait" &
+  qemu_pid=$!
+}
+
+# Power off through the emulated power button; kill if the guest does not get there.
+shutdown() {
+  python3 - "$work/monitor" <<'PY' || true
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")
+PY
+  local deadline=$((SECONDS + 90))
+  while kill -0 "$qemu_pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 1; done
+  if kill "$qemu_pid" 2>/dev/null; then echo "(the guest did not power off in 90 s: stopped)"; fi
+  wait "$qemu_pid" 2>/dev/null || true
+  qemu_pid=
+}
+
+ssh_banner() { # sshd answers with its version line: host keys exist and it runs
+  python3 - "$ssh_port" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+sys.exit(0 if s.recv(64).startswith(b"SSH-2.0-OpenSSH") else 1)
+PY
+}
+
+# --- 1. A malformed apiary.toml --------------------------------------------------------------
+echo "== boot 1: a malformed apiary.toml"
+cat > "$work/bad.toml" <<'EOF'
+[meadow]
+uri = "s3://apiary-test/never"
+endpont = "http://10.0.2.2:9000"
+EOF
+prepare "$work/bad.img" "$work/bad.toml"
+boot "$work/bad.img"
+start=$SECONDS
+until_ok "$boot_timeout" "apiary-boot's refusal on the console" on_console "apiary.toml was not accepted"
+on_console "endpont" || fail "the console does not name the unknown key"
+until_ok 300 "SSH on the board with the refused config" ssh_banner
+until_ok 300 "a login prompt on the console" on_console "login:"
+echo "refused in $((SECONDS - start)) s; SSH and the console answer"
+shutdown
+error=$(mtype -i "$(mtools_on "$work/bad.img")" ::apiary-error.txt) || fail "no apiary-error.txt on the boot partition"
+grep -qF "endpont" <<<"$error" || fail "apiary-error.txt does not say what is wrong: $error"
+grep -a "Dependency failed for" "$work/console.log" | grep -q "apiary.service.*Apiary node" \
+  || fail "systemd did not report apiary.service held back by the failed apiary-boot"
+rm -f "$work/bad.img"
+
+# --- 2. A non-default apiary.toml ------------------------------------------------------------
+echo "== boot 2: an S3 meadow, an external broker, a route and a host name"
+prefix="boot-test-$(date +%s)-$$"
+cat > "$work/good.toml" <<EOF
+[device]
+hostname = "hive-boot-test"
+
+[meadow]
+uri = "s3://$bucket/$prefix"
+[meadow.options]
+endpoint = "http://10.0.2.2:$s3_port"
+access_key_id = "test"
+secret_access_key = "test"
+region = "us-east-1"
+
+[mqtt]
+url = "mqtt://10.0.2.2:$mqtt_port"
+
+[ingest]
+max_latency = "1s"
+
+[[ingest.routes]]
+topic = "boottest/+/climate"
+frame = "lab.sensors.climate"
+columns = { device = "{1}" }
+
+[swarm]
+heartbeat_interval = "2s"
+
+[http]
+listen = "0.0.0.0:8080"
+EOF
+prepare "$work/good.img" "$work/good.toml"
+before=$(sfdisk -d "$work/good.img" | awk -F'size= *' '/img2/ {split($2, a, ","); print a[1]}')
+boot "$work/good.img"
+start=$SECONDS
+export AWS_ENDPOINT_URL="$APIARY_TEST_S3_ENDPOINT"
+host() { APIARY_LOG=warn "$host_bin" --storage "s3://$bucket/$prefix" --state-dir "$work/host-state" "$@"; }
+beating() { host swarm | grep -q '"name": *"hive-boot-test"'; }
+until_ok "$boot_timeout" "the guest node's heartbeat in the host's bucket" beating
+echo "node up, heartbeat in the bucket after $((SECONDS - start)) s"
+until_ok 120 "the guest's HTTP API" curl -sf "http://127.0.0.1:$http_port/healthz"
+
+for i in 1 2 3 4 5; do
+  mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t "boottest/sensor-$((i % 2))/climate" \
+    -m "{\"temp\": $((20 + i)).5, \"humidity\": $((40 + i))}"
+done
+landed() { [ "$(host sql --format csv 'SELECT count(*) AS n FROM lab.sensors.climate' | tail -1)" = 5 ]; }
+until_ok 300 "5 MQTT messages in frame lab.sensors.climate" landed
+out=$(host sql --format csv "SELECT device, count(*) AS n, max(temp) AS t FROM lab.sensors.climate GROUP BY device ORDER BY device")
+[ "$out" = "$(printf 'device,n,t\nsensor-0,2,24.5\nsensor-1,3,25.5')" ] || fail "SQL from the host answered: $out"
+echo "MQTT -> frame -> SQL from the host: ok"
+
+token=$(mtype -i "$(mtools_on "$work/good.img")" ::apiary-token.txt | tr -d '\r\n')
+[ ${#token} -eq 64 ] || fail "apiary-token.txt holds no token: '$token'"
+out=$("$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" sql --format csv \
+  "SELECT sum(humidity) AS h FROM lab.sensors.climate")
+[ "$(tail -1 <<<"$out")" = 215 ] || fail "SQL through the guest's HTTP API answered: $out"
+curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer wrong-token-0123456789" \
+  "http://127.0.0.1:$http_port/v1/status" | grep -qx 401 || fail "a wrong token was not refused"
+echo "SQL through the guest's HTTP API with the first boot's token: ok"
+# The bees' budgets are bees.usable_fraction (0.7) of the unit's MemoryMax=75% of 1 GiB, not
+# of the board's memory.
+budget=$("$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" bees \
+  | python3 -c 'import json, sys; print(sum(b["memory_budget"] for b in json.load(sys.stdin)) >> 20)')
+[ "$budget" -le $((1024 * 3 / 4 * 7 / 10)) ] || fail "the bees' budgets ($budget MiB) exceed the unit's MemoryMax"
+echo "bees' memory budgets: $budget MiB in all, under MemoryMax"
+until_ok 60 "SSH on the board" ssh_banner
+shutdown
+after=$(sfdisk -d "$work/good.img" | awk -F'size= *' '/img2/ {split($2, a, ","); print a[1]}')
+[ "$after" -gt "$before" ] || fail "the root partition did not grow ($before sectors before, $after after)"
+on_console "apiary-boot: host name hive-boot-test" || fail "the host name was not applied"
+echo "root partition grown from $((before / 2048)) to $((after / 2048)) MiB"
+echo "boot test passed"

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Build the Raspberry Pi image: Debian stable (trixie) arm64 from Debian's archive alone, plus
+# the apiary binary, as an MBR disk with a FAT boot partition and an ext4 root.
+#
+#   images/build.sh            -> $APIARY_IMAGE_DIR/apiary-pi-arm64.img(.xz)
+#
+# Settings (environment): APIARY_BOARD=pi4|pi5 (config.txt's board; default pi4),
+# APIARY_AARCH64_BIN (default: scripts/cross-build.sh's output, built when missing),
+# APIARY_IMAGE_DIR (default $CARGO_TARGET_DIR/images), APIARY_DEBIAN_MIRROR.
+#
+# Runs as root: mmdebstrap installs the arm64 packages in a chroot, their maintainer
+# scripts running under qemu-user (binfmt_misc is mounted when it is not). The file
+# systems are made from directories (mkfs.ext4 -d, mtools): no loop mounts. The installed
+# base system is cached by its package list, the .deb files across package lists, so a
+# rebuild with a new binary takes a minute.
+set -euo pipefail
+. "$(dirname "$0")/../scripts/env.sh"
+here="$REPO/images"
+board="${APIARY_BOARD:-pi4}"
+mirror="${APIARY_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+out="${APIARY_IMAGE_DIR:-$CARGO_TARGET_DIR/images}"
+cache="$HOME/.cache/apiary/images"
+bin="${APIARY_AARCH64_BIN:-$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/appliance/apiary}"
+case "$board" in pi4|pi5) ;; *) echo "APIARY_BOARD=$board: use pi4 or pi5" >&2; exit 2 ;; esac
+[ "$(id -u)" = 0 ] || { echo "images/build.sh runs as root (mmdebstrap's chroot)" >&2; exit 2; }
+
+packages=(
+  systemd systemd-sysv systemd-timesyncd systemd-resolved udev dbus kmod netbase iproute2
+  linux-image-arm64 initramfs-tools raspi-firmware firmware-brcm80211 fake-hwclock
+  openssh-server wpasupplicant wireless-regdb ca-certificates cloud-guest-utils
+)
+
+need=()
+for t in mmdebstrap:mmdebstrap mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk \
+         mkfs.ext4:e2fsprogs xz:xz-utils qemu-aarch64-static:qemu-user-static file:file; do
+  command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+[ -x "$bin" ] || "$REPO/scripts/cross-build.sh" aarch64-unknown-linux-gnu
+file -b "$bin" | grep -q 'ARM aarch64' || { echo "$bin is not an aarch64 binary" >&2; exit 2; }
+
+# arm64 maintainer scripts run through qemu-user; register it when the kernel does not know.
+binfmt=/proc/sys/fs/binfmt_misc
+mountpoint -q "$binfmt" || mount -t binfmt_misc binfmt_misc "$binfmt"
+if [ ! -e "$binfmt/qemu-aarch64" ]; then
+  cat /usr/lib/binfmt.d/qemu-aarch64.conf > "$binfmt/register"
+fi
+
+mkdir -p "$cache/debs" "$out"
+work=$(mktemp -d "$out/build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# 1. The base system, cached by what goes into it.
+key=$( (echo "$mirror" "$board" "${packages[*]}"; sed -n '/^ *# base:begin$/,/^ *# base:end$/p' "$0"
+       cat "$here/boot/raspi-firmware-$board") | sha256sum | cut -c1-16)
+base="$cache/base-$key.tar"
+if [ ! -f "$base" ]; then
+  echo "== mmdebstrap: Debian trixie arm64 (${#packages[@]} packages and their dependencies)"
+  rm -f "$base.tmp"
+  # base:begin
+  mmdebstrap --mode=root --format=tar --variant=minbase --architectures=arm64 \
+    --components=main,non-free-firmware --include="$(IFS=,; echo "${packages[*]}")" \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --setup-hook='mkdir -p "$1/boot/firmware" "$1/var/cache/apt/archives"' \
+    --setup-hook="sync-in $cache/debs /var/cache/apt/archives" \
+    --skip=essential/unlink \
+    --customize-hook="sync-out /var/cache/apt/archives $cache/debs" \
+    --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
+    --customize-hook="cp $here/boot/raspi-firmware-$board \"\$1/etc/default/raspi-firmware\"" \
+    --customize-hook='chroot "$1" env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware' \
+    --customize-hook='rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*_Packages' \
+    trixie "$base.tmp" "$mirror"
+  # base:end
+  mv "$base.tmp" "$base"
+  # Older bases of other package lists are of no more use.
+  find "$cache" -maxdepth 1 -name 'base-*.tar' ! -name "base-$key.tar" -delete
+fi
+
+# 2. The root file system: the base, this repository's files, the node.
+echo "== root file system ($board)"
+root="$work/root"
+mkdir "$root"
+tar --numeric-owner -xpf "$base" -C "$root"
+cp -a "$here/rootfs/." "$root/"
+install -m 0755 "$bin" "$root/usr/bin/apiary"
+install -m 0644 "$REPO/yocto/meta-apiary/recipes-apiary/apiary/files/apiary.service" \
+  "$root/usr/lib/systemd/system/apiary.service"
+echo apiary > "$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tapiary\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
+: > "$root/etc/machine-id"   # made on first boot, so each board has its own
+systemctl --root="$root" enable apiary.service apiary-boot.service systemd-networkd.service \
+  systemd-resolved.service systemd-timesyncd.service ssh.service >/dev/null 2>&1
+# wpa_supplicant@wlan0 serves the configured Wi-Fi; the D-Bus instance would only sit in memory.
+systemctl --root="$root" disable wpa_supplicant.service >/dev/null 2>&1
+
+# 3. The boot partition: firmware, kernel, initrd, device trees, config.txt and cmdline.txt as
+# Debian's raspi-firmware hook writes them (from /etc/default/raspi-firmware, so a kernel
+# upgrade on the board keeps them right), and the apiary.toml template.
+boot="$work/boot"
+mv "$root/boot/firmware" "$boot"
+mkdir "$root/boot/firmware"
+cp "$here/boot/apiary.toml" "$boot/apiary.toml"
+
+# 4. File systems from the directories, then the disk: MBR, FAT at 4 MiB, root after it.
+mib=$((1 << 20))
+boot_mib=256
+root_mib=$(( $(du -sm "$root" | cut -f1) * 5 / 4 + 256 ))
+mkfs.vfat -n APIARYBOOT -C "$work/boot.fat" $((boot_mib * 1024)) >/dev/null
+mcopy -s -i "$work/boot.fat" "$boot"/* ::
+mkfs.ext4 -q -L apiary-root -d "$root" "$work/root.ext4" "${root_mib}M"
+img="$out/apiary-pi-arm64.img"
+rm -f "$img" "$img.xz"
+truncate -s $(( (4 + boot_mib + root_mib) * mib )) "$img"
+sfdisk -q "$img" <<EOF
+label: dos
+label-id: 0x41706961
+start=4MiB, size=${boot_mib}MiB, type=c, bootable
+start=$((4 + boot_mib))MiB, type=83
+EOF
+dd if="$work/boot.fat" of="$img" bs=1M seek=4 conv=notrunc,sparse status=none
+dd if="$work/root.ext4" of="$img" bs=1M seek=$((4 + boot_mib)) conv=notrunc,sparse status=none
+echo "$img: $(( $(stat -c %s "$img") / mib )) MiB (boot ${boot_mib} MiB, root ${root_mib} MiB)"
+if [ "${APIARY_IMAGE_XZ:-1}" = 1 ]; then
+  xz -T0 -3 -k "$img"
+  echo "$img.xz: $(( $(stat -c %s "$img.xz") / mib )) MiB"
+fi
