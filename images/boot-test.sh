@@ -91,14 +91,20 @@ boot() { # boot <disk>
   qemu_pid=$!
 }
 
-# Power off through the emulated power button; kill if the guest does not get there.
+# Power off through the emulated power button (pressed again every 10 s: logind ignores it
+# for a while after boot); stop qemu if the guest does not get there in 90 s.
 shutdown() {
-  python3 - "$work/monitor" <<'PY' || true
+  local deadline=$((SECONDS + 90)) next=0
+  while kill -0 "$qemu_pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do
+    if [ $SECONDS -ge $next ]; then
+      python3 - "$work/monitor" <<'PY' || true
 import socket, sys
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")
 PY
-  local deadline=$((SECONDS + 90))
-  while kill -0 "$qemu_pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 1; done
+      next=$((SECONDS + 10))
+    fi
+    sleep 1
+  done
   if kill "$qemu_pid" 2>/dev/null; then echo "(the guest did not power off in 90 s: stopped)"; fi
   wait "$qemu_pid" 2>/dev/null || true
   qemu_pid=
@@ -175,6 +181,9 @@ host() { APIARY_LOG=warn "$host_bin" --storage "s3://$bucket/$prefix" --state-di
 beating() { host swarm | grep -q '"name": *"hive-boot-test"'; }
 until_ok "$boot_timeout" "the guest node's heartbeat in the host's bucket" beating
 echo "node up, heartbeat in the bucket after $((SECONDS - start)) s"
+# systemd says "Started" for a Type=notify unit only once the node sent READY=1.
+node_ready() { grep -a "Started" "$work/console.log" | grep -q "apiary.service.* - Apiary node"; }
+until_ok 120 "systemd: apiary.service started (READY=1)" node_ready
 until_ok 120 "the guest's HTTP API" curl -sf "http://127.0.0.1:$http_port/healthz"
 
 for i in 1 2 3 4 5; do
@@ -203,6 +212,9 @@ budget=$("$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" bee
 echo "bees' memory budgets: $budget MiB in all, under MemoryMax"
 until_ok 60 "SSH on the board" ssh_banner
 shutdown
+# A clean power-off stops the node through systemd (SIGTERM), and a stopping node takes its
+# heartbeat out of the bucket.
+! beating || fail "the guest's heartbeat is still in the bucket after power-off"
 after=$(sfdisk -d "$work/good.img" | awk -F'size= *' '/img2/ {split($2, a, ","); print a[1]}')
 [ "$after" -gt "$before" ] || fail "the root partition did not grow ($before sectors before, $after after)"
 on_console "apiary-boot: host name hive-boot-test" || fail "the host name was not applied"
