@@ -19,7 +19,7 @@ boot_timeout="${APIARY_BOOT_TIMEOUT:-900}"   # seconds; emulated, on a busy 2-co
 [ -x "$host_bin" ] || cargo build -q -p apiary --bin apiary
 command -v qemu-system-aarch64 >/dev/null || {
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-arm ipxe-qemu >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-arm >/dev/null
 }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/apiary-boot-test.XXXXXX")
@@ -86,7 +86,7 @@ boot() { # boot <disk>
     -append "$cmdline" \
     -drive "if=none,id=disk,format=raw,file=$1" -device virtio-blk-pci,drive=disk \
     -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22" \
-    -device virtio-net-pci,netdev=net -device virtio-rng-pci \
+    -device virtio-net-pci,netdev=net,romfile= -device virtio-rng-pci \
     -serial "file:$work/console.log" -monitor "unix:$work/monitor,server,nowait" &
   qemu_pid=$!
 }

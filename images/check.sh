@@ -48,7 +48,7 @@ c="$work/boot/config.txt"
 check "config.txt: 64-bit" has "$c" '^arm_64bit=1$'
 kernel=$(sed -n 's/^kernel=//p' "$c"); initrd=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$c")
 check "config.txt: kernel $kernel is there, an arm64 Linux image" \
-  sh -c "file -b '$work/boot/$kernel' | grep -q 'ARM64\|Linux kernel ARM64\|gzip'"
+  sh -c "file -b '$work/boot/$kernel' | grep -q 'Linux kernel ARM64 boot executable'"
 check "config.txt: initramfs $initrd is there" test -s "$work/boot/$initrd"
 check "cmdline.txt: root by label, serial console" \
   has "$work/boot/cmdline.txt" 'root=LABEL=apiary-root .*rootwait|console=ttyS1,115200 .*root=LABEL=apiary-root'
