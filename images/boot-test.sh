@@ -4,11 +4,12 @@
 # reaches this host's S3 server and MQTT broker at 10.0.2.2. Two first boots of fresh copies:
 #   1. a malformed apiary.toml: the node stays stopped, the reason is on the console and in
 #      apiary-error.txt on the boot partition, and the board is still reachable over SSH;
-#   2. a non-default apiary.toml (S3 meadow, external broker, a route, host name): the root
-#      partition grows, the node's heartbeat appears in the host's bucket, MQTT messages
-#      published on the host land in a frame, and SQL over them answers both from the host
-#      (another node on the bucket) and through the guest's HTTP API with the token the
-#      first boot wrote to the boot partition.
+#   2. a non-default apiary.toml (S3 meadow, external broker, a route, host name, SSH key,
+#      Wi-Fi): the node's heartbeat appears in the host's bucket, MQTT messages published on
+#      the host land in a frame, and SQL over them answers both from the host (another node
+#      on the bucket) and through the guest's HTTP API with the token the first boot wrote
+#      to the boot partition; over SSH the settings are in place; after power-off the
+#      heartbeat is gone and the root partition has grown.
 #   images/boot-test.sh [image]     (default: images/build.sh's raw image)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
@@ -143,9 +144,16 @@ rm -f "$work/bad.img"
 # --- 2. A non-default apiary.toml ------------------------------------------------------------
 echo "== boot 2: an S3 meadow, an external broker, a route and a host name"
 prefix="boot-test-$(date +%s)-$$"
+ssh-keygen -q -t ed25519 -N "" -C boot-test -f "$work/id_boot_test"
 cat > "$work/good.toml" <<EOF
 [device]
 hostname = "hive-boot-test"
+ssh_authorized_keys = ["$(cat "$work/id_boot_test.pub")"]
+
+[device.wifi]
+ssid = "Bee Net"
+psk = "pollen-2026"
+country = "GB"
 
 [meadow]
 uri = "s3://$bucket/$prefix"
@@ -210,7 +218,22 @@ budget=$("$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" bee
   | python3 -c 'import json, sys; print(sum(b["memory_budget"] for b in json.load(sys.stdin)) >> 20)')
 [ "$budget" -le $((1024 * 3 / 4 * 7 / 10)) ] || fail "the bees' budgets ($budget MiB) exceed the unit's MemoryMax"
 echo "bees' memory budgets: $budget MiB in all, under MemoryMax"
-until_ok 60 "SSH on the board" ssh_banner
+# On the board, over SSH as root with the key from apiary.toml.
+on_board() {
+  ssh -i "$work/id_boot_test" -p "$ssh_port" -o BatchMode=yes -o ConnectTimeout=20 \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1 "$@"
+}
+until_ok 120 "SSH login with the key from apiary.toml" on_board true
+[ "$(on_board systemctl is-active apiary.service)" = active ] || fail "apiary.service is not active"
+[ "$(on_board cat /proc/sys/kernel/hostname)" = hive-boot-test ] || fail "the host name is not hive-boot-test"
+wpa=$(on_board cat /etc/wpa_supplicant/wpa_supplicant-wlan0.conf) || fail "no Wi-Fi configuration written"
+grep -qx 'country=GB' <<<"$wpa" && grep -q 'ssid="Bee Net"' <<<"$wpa" \
+  && grep -qE '^[[:space:]]*psk=[0-9a-f]{64}$' <<<"$wpa" && ! grep -q pollen <<<"$wpa" \
+  || fail "the Wi-Fi configuration is not the hashed key for Bee Net: $wpa"
+# The node logs to the journal natively (fields of its own), not as captured stderr lines.
+journal=$(on_board "journalctl -u apiary.service -o json 'MESSAGE=apiary node ready'")
+grep -q 'NODE_ID"' <<<"$journal" || fail "no structured 'apiary node ready' entry in the journal: $journal"
+echo "on the board: node active, host name, Wi-Fi (hashed key), SSH key, journal fields: ok"
 shutdown
 # A clean power-off stops the node through systemd (SIGTERM), and a stopping node takes its
 # heartbeat out of the bucket.
