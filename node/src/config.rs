@@ -538,8 +538,7 @@ impl Config {
     /// scripts: a string as is, an array one item a line, anything else as TOML; `None` when
     /// the key is not set.
     pub fn lookup(text: &str, key: &str) -> Result<Option<String>> {
-        let mut value: toml::Value = toml::from_str(text)
-            .map_err(|e| Error::invalid(e.to_string().trim_end().to_string()))?;
+        let mut value: toml::Value = toml::from_str(text).map_err(toml_error)?;
         for part in key.split('.') {
             match value.get(part) {
                 Some(v) => value = v.clone(),
@@ -556,14 +555,18 @@ impl Config {
         }))
     }
 
+    /// `lookup` in the file at `path`.
+    pub fn lookup_file(path: &Path, key: &str) -> Result<Option<String>> {
+        Self::lookup(&read_text(path)?, key)
+    }
+
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| e.context(format!("config {}", path.display())))
+        Self::from_toml(&read_text(path)?)
+            .map_err(|e| e.context(format!("config {}", path.display())))
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| Error::invalid(e.to_string().trim_end().to_string()))
+        toml::from_str(text).map_err(toml_error)
     }
 
     /// Environment overrides. `get` is the environment (a parameter so tests need not touch
@@ -694,6 +697,15 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.node.state_dir.join("meadow").display().to_string())
     }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))
+}
+
+fn toml_error(e: toml::de::Error) -> Error {
+    Error::invalid(e.to_string().trim_end().to_string())
 }
 
 #[cfg(test)]

@@ -250,11 +250,11 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
                 Ok(())
             }
             ConfigCmd::Get { key } => {
-                let Some(f) = file else { return Ok(()) };
-                let text = std::fs::read_to_string(&f).map_err(|e| {
-                    Error::invalid(format!("cannot read config {}: {e}", f.display()))
-                })?;
-                if let Some(v) = Config::lookup(&text, &key)? {
+                if let Some(v) = file
+                    .map(|f| Config::lookup_file(&f, &key))
+                    .transpose()?
+                    .flatten()
+                {
                     println!("{v}");
                 }
                 Ok(())
