@@ -13,15 +13,13 @@
 #   images/boot-test.sh [image]     (default: images/build.sh's raw image)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
+. "$(dirname "$0")/layout.sh"
 img="${1:-${APIARY_IMAGE_DIR:-$CARGO_TARGET_DIR/images}/apiary-pi-arm64.img}"
 host_bin="${APIARY_BIN:-$CARGO_TARGET_DIR/debug/apiary}"
 boot_timeout="${APIARY_BOOT_TIMEOUT:-900}"   # seconds; emulated, on a busy 2-core builder
 [ -f "$img" ] || { echo "no image at $img: run images/build.sh" >&2; exit 2; }
 [ -x "$host_bin" ] || cargo build -q -p apiary --bin apiary
-command -v qemu-system-aarch64 >/dev/null || {
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-arm >/dev/null
-}
+need_commands qemu-system-aarch64:qemu-system-arm
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/apiary-boot-test.XXXXXX")
 qemu_pid=
@@ -58,25 +56,21 @@ until_ok() { # until_ok <seconds> <what> <command...>
 }
 on_console() { grep -aqF -- "$1" "$work/console.log"; }
 
-# The boot partition starts at 4 MiB (images/build.sh); mtools reads and writes it in place.
-boot_offset=$((4 << 20))
-mtools_on() { echo "$1@@$boot_offset"; }
-
 # The kernel, initrd and command line as the Pi firmware would take them from the boot
 # partition (config.txt's kernel= and initramfs, cmdline.txt), the console moved to the
 # virt machine's serial port.
-mcopy -n -i "$(mtools_on "$img")" ::config.txt ::cmdline.txt "$work/"
-kernel=$(sed -n 's/^kernel=//p' "$work/config.txt")
-initrd=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$work/config.txt")
-mcopy -n -i "$(mtools_on "$img")" "::$kernel" "$work/vmlinuz"
-mcopy -n -i "$(mtools_on "$img")" "::$initrd" "$work/initrd.img"
+mcopy -n -i "$(boot_of "$img")" ::config.txt ::cmdline.txt "$work/"
+kernel=$(config_kernel "$work/config.txt")
+initrd=$(config_initrd "$work/config.txt")
+mcopy -n -i "$(boot_of "$img")" "::$kernel" "$work/vmlinuz"
+mcopy -n -i "$(boot_of "$img")" "::$initrd" "$work/initrd.img"
 cmdline="$(sed 's/console=[^ ]*//g' "$work/cmdline.txt" | tr -s ' ') console=ttyAMA0"
 
 # A fresh copy of the image with this apiary.toml, 512 MiB larger for the root to grow into.
 prepare() { # prepare <disk> <apiary.toml>
   cp --sparse=always "$img" "$1"
   truncate -s +512M "$1"
-  mcopy -o -i "$(mtools_on "$1")" "$2" ::apiary.toml
+  mcopy -o -i "$(boot_of "$1")" "$2" ::apiary.toml
 }
 
 boot() { # boot <disk>
@@ -135,7 +129,7 @@ until_ok 300 "SSH on the board with the refused config" ssh_banner
 until_ok 300 "a login prompt on the console" on_console "login:"
 echo "refused in $((SECONDS - start)) s; SSH and the console answer"
 shutdown
-error=$(mtype -i "$(mtools_on "$work/bad.img")" ::apiary-error.txt) || fail "no apiary-error.txt on the boot partition"
+error=$(mtype -i "$(boot_of "$work/bad.img")" ::apiary-error.txt) || fail "no apiary-error.txt on the boot partition"
 grep -qF "endpont" <<<"$error" || fail "apiary-error.txt does not say what is wrong: $error"
 grep -a "Dependency failed for" "$work/console.log" | grep -q "apiary.service.*Apiary node" \
   || fail "systemd did not report apiary.service held back by the failed apiary-boot"
@@ -181,7 +175,8 @@ heartbeat_interval = "2s"
 listen = "0.0.0.0:8080"
 EOF
 prepare "$work/good.img" "$work/good.toml"
-before=$(sfdisk -d "$work/good.img" | awk -F'size= *' '/img2/ {split($2, a, ","); print a[1]}')
+root_sectors() { sfdisk -d "$1" | awk -F'size= *' '/img2/ {split($2, a, ","); print a[1]}'; }
+before=$(root_sectors "$work/good.img")
 boot "$work/good.img"
 start=$SECONDS
 export AWS_ENDPOINT_URL="$APIARY_TEST_S3_ENDPOINT"
@@ -204,7 +199,7 @@ out=$(host sql --format csv "SELECT device, count(*) AS n, max(temp) AS t FROM l
 [ "$out" = "$(printf 'device,n,t\nsensor-0,2,24.5\nsensor-1,3,25.5')" ] || fail "SQL from the host answered: $out"
 echo "MQTT -> frame -> SQL from the host: ok"
 
-token=$(mtype -i "$(mtools_on "$work/good.img")" ::apiary-token.txt | tr -d '\r\n')
+token=$(mtype -i "$(boot_of "$work/good.img")" ::apiary-token.txt | tr -d '\r\n')
 [ ${#token} -eq 64 ] || fail "apiary-token.txt holds no token: '$token'"
 out=$("$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" sql --format csv \
   "SELECT sum(humidity) AS h FROM lab.sensors.climate")
@@ -238,7 +233,7 @@ shutdown
 # A clean power-off stops the node through systemd (SIGTERM), and a stopping node takes its
 # heartbeat out of the bucket.
 ! beating || fail "the guest's heartbeat is still in the bucket after power-off"
-after=$(sfdisk -d "$work/good.img" | awk -F'size= *' '/img2/ {split($2, a, ","); print a[1]}')
+after=$(root_sectors "$work/good.img")
 [ "$after" -gt "$before" ] || fail "the root partition did not grow ($before sectors before, $after after)"
 on_console "apiary-boot: host name hive-boot-test" || fail "the host name was not applied"
 echo "root partition grown from $((before / 2048)) to $((after / 2048)) MiB"

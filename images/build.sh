@@ -15,6 +15,7 @@
 # rebuild with a new binary takes a minute.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
+. "$(dirname "$0")/layout.sh"
 here="$REPO/images"
 board="${APIARY_BOARD:-pi4}"
 mirror="${APIARY_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -30,15 +31,8 @@ packages=(
   openssh-server wpasupplicant wireless-regdb ca-certificates cloud-guest-utils
 )
 
-need=()
-for t in mmdebstrap:mmdebstrap mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk \
-         mkfs.ext4:e2fsprogs xz:xz-utils qemu-aarch64-static:qemu-user-static file:file; do
-  command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+need_commands mmdebstrap:mmdebstrap mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk \
+  mkfs.ext4:e2fsprogs xz:xz-utils qemu-aarch64-static:qemu-user-static file:file
 [ -x "$bin" ] || "$REPO/scripts/cross-build.sh" aarch64-unknown-linux-gnu
 file -b "$bin" | grep -q 'ARM aarch64' || { echo "$bin is not an aarch64 binary" >&2; exit 2; }
 
@@ -105,7 +99,7 @@ mv "$root/boot/firmware" "$boot"
 mkdir "$root/boot/firmware"
 cp "$here/boot/apiary.toml" "$boot/apiary.toml"
 
-# 4. File systems from the directories, then the disk: MBR, FAT at 4 MiB, root after it.
+# 4. File systems from the directories, then the disk: MBR, FAT at BOOT_START_MIB, root after.
 mib=$((1 << 20))
 boot_mib=256
 root_mib=$(( $(du -sm "$root" | cut -f1) * 5 / 4 + 256 ))
@@ -114,15 +108,15 @@ mcopy -s -i "$work/boot.fat" "$boot"/* ::
 mkfs.ext4 -q -L apiary-root -d "$root" "$work/root.ext4" "${root_mib}M"
 img="$out/apiary-pi-arm64.img"
 rm -f "$img" "$img.xz"
-truncate -s $(( (4 + boot_mib + root_mib) * mib )) "$img"
+truncate -s $(( (BOOT_START_MIB + boot_mib + root_mib) * mib )) "$img"
 sfdisk -q "$img" <<EOF
 label: dos
 label-id: 0x41706961
-start=4MiB, size=${boot_mib}MiB, type=c, bootable
-start=$((4 + boot_mib))MiB, type=83
+start=${BOOT_START_MIB}MiB, size=${boot_mib}MiB, type=c, bootable
+start=$((BOOT_START_MIB + boot_mib))MiB, type=83
 EOF
-dd if="$work/boot.fat" of="$img" bs=1M seek=4 conv=notrunc,sparse status=none
-dd if="$work/root.ext4" of="$img" bs=1M seek=$((4 + boot_mib)) conv=notrunc,sparse status=none
+dd if="$work/boot.fat" of="$img" bs=1M seek="$BOOT_START_MIB" conv=notrunc,sparse status=none
+dd if="$work/root.ext4" of="$img" bs=1M seek=$((BOOT_START_MIB + boot_mib)) conv=notrunc,sparse status=none
 echo "$img: $(( $(stat -c %s "$img") / mib )) MiB (boot ${boot_mib} MiB, root ${root_mib} MiB)"
 if [ "${APIARY_IMAGE_XZ:-1}" = 1 ]; then
   xz -T0 -3 -k "$img"

@@ -13,11 +13,7 @@ if command -v cross >/dev/null && docker info >/dev/null 2>&1; then
 else
   rustup target list --installed | grep -qx "$target" || rustup target add "$target"
   if [ "$target" = aarch64-unknown-linux-gnu ]; then
-    if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v file >/dev/null; then
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        gcc-aarch64-linux-gnu libc6-dev-arm64-cross file >/dev/null
-    fi
+    need_commands aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu,libc6-dev-arm64-cross file:file
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
     export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar

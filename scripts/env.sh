@@ -20,3 +20,22 @@ wait_port() {
     sleep 0.2
   done
 }
+
+# Install Debian packages (quietly, without recommends).
+need_packages() {
+  [ $# -gt 0 ] || return 0
+  echo "installing ${*}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Install the packages of the commands that are missing: need_commands cmd:pkg[,pkg...] ...
+need_commands() {
+  local missing=() t pkgs
+  for t in "$@"; do
+    command -v "${t%%:*}" >/dev/null && continue
+    IFS=, read -ra pkgs <<<"${t#*:}"
+    missing+=("${pkgs[@]}")
+  done
+  need_packages "${missing[@]}"
+}

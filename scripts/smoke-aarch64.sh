@@ -9,10 +9,7 @@ cd "$REPO"
 target=aarch64-unknown-linux-gnu
 bin="$CARGO_TARGET_DIR/$target/appliance/apiary"
 "$REPO/scripts/cross-build.sh" "$target"
-if ! command -v qemu-aarch64-static >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
-fi
+need_commands qemu-aarch64-static:qemu-user-static
 udf="$CARGO_TARGET_DIR/wasm32-wasip2/release/examples/dew_point.wasm"
 [ -f "$udf" ] || cargo build -q -p apiary-udf --examples --target wasm32-wasip2 --release
 work=$(mktemp -d)
