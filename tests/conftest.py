@@ -17,6 +17,11 @@ def apiary_bin():
     return path
 
 
+@pytest.fixture
+def apiary_binary():
+    return apiary_bin()
+
+
 class Meadow:
     """A meadow URI plus the environment a process needs to reach it."""
 

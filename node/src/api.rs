@@ -10,8 +10,9 @@ use arrow::array::RecordBatch;
 use crate::bees::{BeePool, BeeStatus, ColonyStatus, PoolConfig, Resources};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::frames::{Frames, WriteCtx, WriteReport};
+use crate::frames::{Frames, WriteCtx, WriteMode, WriteReport};
 use crate::meadow::Meadow;
+use crate::names::FrameRef;
 use crate::sql::{Distribute, QueryResult, Session};
 use crate::swarm::Swarm;
 use crate::swarm::world::NodeView;
@@ -149,26 +150,10 @@ impl Apiary {
             frames,
             udfs,
             resources,
-            started_at: SystemTime::now(),
+            started_at: crate::clock::now(),
             cache,
             swarm,
         })
-    }
-
-    /// Join the swarm: beat, take tasks, do the clean-up chore (the daemon and Python do;
-    /// one-shot CLI commands only coordinate).
-    pub async fn start_swarm(&self) -> Result<()> {
-        match &self.swarm {
-            Some(s) => s.start().await,
-            None => Ok(()),
-        }
-    }
-
-    /// Leave the swarm: the heartbeat is removed so others see this node gone at once.
-    pub async fn stop_swarm(&self) {
-        if let Some(s) = &self.swarm {
-            s.shutdown().await;
-        }
     }
 
     pub fn swarm(&self) -> Option<&Swarm> {
@@ -226,63 +211,23 @@ impl Apiary {
         )
     }
 
-    /// Append rows to a frame, inside a chamber (the Delta writer's memory counts against the
-    /// bee's budget).
+    /// The one write path (CLI, SQL's caller-side writes, Python): append or replace rows
+    /// inside a chamber, so the Delta writer's memory counts against the bee's budget.
     pub async fn write(
         &self,
-        h: &str,
-        b: &str,
-        f: &str,
+        frame: &FrameRef,
         batches: Vec<RecordBatch>,
-    ) -> Result<WriteReport> {
-        self.store(h, b, f, batches, false).await
-    }
-
-    /// Replace a frame's rows with these, in one commit.
-    pub async fn overwrite(
-        &self,
-        h: &str,
-        b: &str,
-        f: &str,
-        batches: Vec<RecordBatch>,
-    ) -> Result<WriteReport> {
-        self.store(h, b, f, batches, true).await
-    }
-
-    async fn store(
-        &self,
-        h: &str,
-        b: &str,
-        f: &str,
-        batches: Vec<RecordBatch>,
-        overwrite: bool,
+        mode: WriteMode,
     ) -> Result<WriteReport> {
         self.pool
-            .run(&format!("write {h}.{b}.{f}"), async |chamber| {
+            .run(&format!("write {frame}"), async |chamber| {
                 let ctx = WriteCtx {
                     txn: None,
                     session: Some(crate::frames::write_session(chamber.runtime_env())),
                 };
-                if overwrite {
-                    self.frames.overwrite(h, b, f, batches, ctx).await
-                } else {
-                    self.frames.append(h, b, f, batches, ctx).await
-                }
+                self.frames.write(frame, batches, mode, ctx).await
             })
             .await
-    }
-
-    /// Start MQTT ingestion (embedded broker unless `mqtt.url` is set).
-    pub async fn start_ingest(&self) -> Result<crate::ingest::Ingest> {
-        crate::ingest::Ingest::start(crate::ingest::IngestParts {
-            frames: self.frames.clone(),
-            pool: self.pool.clone(),
-            node_id: self.node_id.clone(),
-            state_dir: self.config.node.state_dir.clone(),
-            ingest: self.config.ingest.clone(),
-            mqtt: self.config.mqtt.clone(),
-        })
-        .await
     }
 
     pub fn bee_status(&self) -> Vec<BeeStatus> {
@@ -316,7 +261,10 @@ impl Apiary {
             name: self.name.clone(),
             state: "alive",
             bees: bees.len(),
-            idle_bees: bees.iter().filter(|b| b.state == "idle").count(),
+            idle_bees: bees
+                .iter()
+                .filter(|b| b.state == crate::bees::BeeState::Idle)
+                .count(),
             memory_pressure: pressure(
                 bees.iter().map(|b| b.memory_used).sum(),
                 bees.iter().map(|b| b.memory_budget).sum(),
@@ -344,7 +292,7 @@ impl Apiary {
         for h in reg.list_hives().await? {
             for b in reg.list_boxes(&h).await? {
                 for f in reg.list_frames(&h, &b).await? {
-                    let info = match self.frames.info(&h, &b, &f).await {
+                    let info = match self.frames.info(&FrameRef::new(&h, &b, &f)?).await {
                         Ok(i) => i,
                         // Dropped while we listed: not there any more.
                         Err(e) if e.kind == crate::error::ErrorKind::NotFound => continue,
@@ -451,7 +399,7 @@ fn open_cache(
 /// The node id: configured, else kept in `<state_dir>/node_id` (made on first start).
 fn node_id(config: &Config) -> Result<String> {
     if let Some(id) = &config.node.node_id {
-        crate::frames::registry::validate_name("node id", id)?;
+        crate::names::validate_name("node id", id)?;
         return Ok(id.clone());
     }
     let dir = &config.node.state_dir;

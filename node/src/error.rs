@@ -2,6 +2,7 @@
 //! exception classes): each message says what failed and where.
 
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -10,7 +11,10 @@ pub enum ErrorKind {
     Conflict,
     Unsupported,
     InvalidInput,
-    Busy,
+    /// Every bee is busy or the node is too hot: try again after this long.
+    Busy {
+        retry_after_ms: u64,
+    },
     Timeout,
     /// A task needed more memory (or disk) than its chamber allows.
     ResourcesExhausted,
@@ -27,7 +31,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::InvalidInput => "invalid_input",
-            ErrorKind::Busy => "busy",
+            ErrorKind::Busy { .. } => "busy",
             ErrorKind::Timeout => "timeout",
             ErrorKind::ResourcesExhausted => "resources_exhausted",
             ErrorKind::Storage => "storage",
@@ -35,14 +39,15 @@ impl ErrorKind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<ErrorKind> {
+    /// The kind a name stands for; `busy` with `retry_after_ms` (from a `Retry-After`).
+    pub fn from_name(name: &str, retry_after_ms: u64) -> Option<ErrorKind> {
         [
             ErrorKind::NotFound,
             ErrorKind::AlreadyExists,
             ErrorKind::Conflict,
             ErrorKind::Unsupported,
             ErrorKind::InvalidInput,
-            ErrorKind::Busy,
+            ErrorKind::Busy { retry_after_ms },
             ErrorKind::Timeout,
             ErrorKind::ResourcesExhausted,
             ErrorKind::Storage,
@@ -51,14 +56,19 @@ impl ErrorKind {
         .into_iter()
         .find(|k| k.name() == name)
     }
+
+    pub fn is_busy(self) -> bool {
+        matches!(self, ErrorKind::Busy { .. })
+    }
 }
 
+/// An error: its kind (what callers branch on), a message for people, and the error it
+/// came from (kept for `source()` chains and logs, never parsed).
 #[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
-    /// For `Busy`: how long the caller should wait before trying again.
-    pub retry_after_ms: Option<u64>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,7 +78,7 @@ impl Error {
         Error {
             kind,
             message: message.into(),
-            retry_after_ms: None,
+            source: None,
         }
     }
     pub fn not_found(m: impl Into<String>) -> Self {
@@ -93,9 +103,20 @@ impl Error {
         Self::new(ErrorKind::Internal, m)
     }
     pub fn busy(m: impl Into<String>, retry_after_ms: u64) -> Self {
-        Error {
-            retry_after_ms: Some(retry_after_ms),
-            ..Self::new(ErrorKind::Busy, m)
+        Self::new(ErrorKind::Busy { retry_after_ms }, m)
+    }
+
+    /// Keep the error this one came from.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// For `Busy`: how long the caller should wait before trying again.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self.kind {
+            ErrorKind::Busy { retry_after_ms } => Some(retry_after_ms),
+            _ => None,
         }
     }
 
@@ -108,14 +129,20 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.retry_after_ms {
+        match self.retry_after_ms() {
             Some(ms) => write!(f, "{} (retry after {ms} ms)", self.message),
             None => f.write_str(&self.message),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
@@ -141,7 +168,7 @@ impl From<datafusion::error::DataFusionError> for Error {
             D::ObjectStore(_) | D::IoError(_) => ErrorKind::Storage,
             _ => ErrorKind::Internal,
         };
-        Error::new(kind, e.strip_backtrace())
+        Error::new(kind, e.strip_backtrace()).with_source(e)
     }
 }
 
@@ -154,21 +181,24 @@ impl From<Error> for datafusion::error::DataFusionError {
 impl From<deltalake::DeltaTableError> for Error {
     fn from(e: deltalake::DeltaTableError) -> Self {
         use deltalake::DeltaTableError as D;
-        match e {
+        if let D::ObjectStore { source } = e {
+            return source.into();
+        }
+        let ours = match &e {
             D::Arrow { source } => Error::invalid(source.to_string()),
-            D::ObjectStore { source } => source.into(),
             D::InvalidVersion(v) => Error::not_found(format!("frame version {v} does not exist")),
             D::Transaction { source } => Error::conflict(format!("commit failed: {source}")),
             D::NotATable(p) => Error::not_found(format!("no frame data at {p}")),
             other => Error::storage(other.to_string()),
-        }
+        };
+        ours.with_source(e)
     }
 }
 
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
         use object_store::Error as O;
-        match &e {
+        let ours = match &e {
             O::NotFound { path, .. } => Error::not_found(format!("object not found: {path}")),
             O::AlreadyExists { path, .. } => {
                 Error::already_exists(format!("object already exists: {path}"))
@@ -178,24 +208,25 @@ impl From<object_store::Error> for Error {
             }
             O::NotImplemented { .. } => Error::unsupported(e.to_string()),
             _ => Error::storage(e.to_string()),
-        }
+        };
+        ours.with_source(e)
     }
 }
 
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
-        Error::invalid(e.to_string())
+        Error::invalid(e.to_string()).with_source(e)
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::storage(e.to_string())
+        Error::storage(e.to_string()).with_source(e)
     }
 }
 
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
-        Error::invalid(format!("bad JSON: {e}"))
+        Error::invalid(format!("bad JSON: {e}")).with_source(e)
     }
 }

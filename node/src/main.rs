@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use apiary::config::{Config, LogFormat};
 use apiary::error::{Error, Result};
-use apiary::frames::{Column, FrameDef};
+use apiary::frames::{Column, FrameDef, WriteMode};
 use apiary::input::{self, InputFormat};
+use apiary::names::FrameRef;
+use apiary::node::{Node, Services};
 use apiary::remote::{Remote, Scope};
 use apiary::sql::{QueryResult, Session};
 use apiary::{Apiary, output, telemetry};
@@ -201,7 +203,10 @@ fn main() -> ExitCode {
             _ => run(cli.command, config, cli.config).await,
         }
     };
-    match runtime.block_on(work) {
+    let done = runtime.block_on(work);
+    // Work cut short by the shutdown deadline may leave blocking I/O behind: do not wait on it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -293,12 +298,12 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
             schema,
             partition_by,
         }) => {
-            let [h, b, f] = split_name::<3>(&name, "hive.box.frame")?;
+            let frame: FrameRef = name.parse()?;
             let columns = parse_schema_arg(&schema)?;
             let partition_by = partition_by
                 .map(|p| p.split(',').map(|s| s.trim().to_string()).collect())
                 .unwrap_or_default();
-            let def = FrameDef::new(&h, &b, &f, columns, partition_by)?;
+            let def = FrameDef::new(&frame, columns, partition_by)?;
             apiary.frames().create_frame(&def).await.map(|_| ())
         }
         Command::Frame(FrameCmd::List { hive_box }) => {
@@ -423,26 +428,16 @@ impl Target {
 }
 
 async fn run_node(apiary: Apiary) -> Result<()> {
-    let apiary = std::sync::Arc::new(apiary);
-    let ingest = if apiary.config().ingest.enabled {
-        Some(apiary.start_ingest().await?)
-    } else {
-        None
-    };
-    let http = if apiary.config().http.enabled {
-        Some(apiary::http::serve(apiary.clone(), &apiary.config().http).await?)
-    } else {
-        None
-    };
-    apiary.start_swarm().await?;
-    let status = apiary.status();
+    let services = Services::node(apiary.config());
+    let node = Node::start(apiary, services).await?;
+    let status = node.apiary().status();
     tracing::info!(
         name = %status.name,
         node_id = %status.node_id,
         storage = %status.storage_uri,
         bees = status.bees,
         memory_per_bee_mb = status.memory_per_bee_mb,
-        http = %http.as_ref().map(|h| h.url()).unwrap_or_else(|| "off".into()),
+        http = %node.http_url().unwrap_or_else(|| "off".into()),
         "apiary node ready"
     );
     apiary::service::ready(&format!("serving; node {}", status.node_id));
@@ -456,13 +451,7 @@ async fn run_node(apiary: Apiary) -> Result<()> {
     if let Some(w) = watchdog {
         w.abort();
     }
-    if let Some(http) = http {
-        http.shutdown().await;
-    }
-    if let Some(ingest) = ingest {
-        ingest.shutdown().await;
-    }
-    apiary.stop_swarm().await;
+    node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -485,8 +474,8 @@ fn split_name<const N: usize>(name: &str, shape: &str) -> Result<[String; N]> {
 
 /// `a.b.c` → `"a"."b"."c"` so names keep their case in generated SQL.
 fn quote_name(name: &str) -> Result<String> {
-    let [h, b, f] = split_name::<3>(name, "hive.box.frame")?;
-    Ok(format!("\"{h}\".\"{b}\".\"{f}\""))
+    let frame: FrameRef = name.parse()?;
+    Ok(frame.parts().map(|p| format!("\"{p}\"")).join("."))
 }
 
 fn parse_schema_arg(schema: &str) -> Result<Vec<Column>> {
@@ -497,10 +486,7 @@ fn parse_schema_arg(schema: &str) -> Result<Vec<Column>> {
             let (name, ty) = item.split_once(':').ok_or_else(|| {
                 Error::invalid(format!("bad column {item:?} in --schema: write name:type"))
             })?;
-            Ok(Column {
-                name: name.trim().to_string(),
-                type_name: ty.trim().to_string(),
-            })
+            Column::new(name.trim(), ty.trim())
         })
         .collect()
 }
@@ -511,9 +497,8 @@ async fn write_file(
     file: &str,
     format: Option<InputFormat>,
 ) -> Result<()> {
-    let [h, b, f] = split_name::<3>(frame, "hive.box.frame")?;
-    let schema =
-        apiary::frames::arrow_schema(&apiary.frames().registry().frame(&h, &b, &f).await?)?;
+    let name: FrameRef = frame.parse()?;
+    let schema = apiary::frames::arrow_schema(&apiary.frames().registry().frame(&name).await?)?;
     let (reader, format): (Box<dyn Read + Send>, InputFormat) = if file == "-" {
         let mut data = Vec::new();
         std::io::stdin().read_to_end(&mut data)?;
@@ -545,7 +530,7 @@ async fn write_file(
         .await
         .map_err(|e| Error::internal(e.to_string()))?
         .map_err(|e| e.context(format!("reading {file}")))?;
-    let report = apiary.write(&h, &b, &f, batches).await?;
+    let report = apiary.write(&name, batches, WriteMode::Append).await?;
     eprintln!(
         "wrote {} rows in {} cells ({} bytes) to {frame}, version {}",
         report.rows_written, report.cells_written, report.bytes_written, report.version

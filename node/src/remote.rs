@@ -134,6 +134,12 @@ impl Remote {
                 self.base
             )));
         }
+        // Seconds, as the HTTP API sends it with a busy answer.
+        let retry_after_ms = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map_or(1000, |s| s * 1000);
         let body = resp.bytes().await.unwrap_or_default();
         #[derive(serde::Deserialize)]
         struct Answer {
@@ -142,7 +148,7 @@ impl Remote {
         }
         Err(match serde_json::from_slice::<Answer>(&body) {
             Ok(a) => Error::new(
-                ErrorKind::from_name(&a.error).unwrap_or(ErrorKind::Internal),
+                ErrorKind::from_name(&a.error, retry_after_ms).unwrap_or(ErrorKind::Internal),
                 a.message,
             ),
             Err(_) => Error::storage(format!(

@@ -49,7 +49,7 @@ async fn a_query_past_its_deadline_is_cancelled_and_stops_using_cpu() {
     );
 
     let end = Instant::now() + Duration::from_secs(1);
-    while ap.bee_status()[0].state != "idle" {
+    while ap.bee_status()[0].state != apiary::bees::BeeState::Idle {
         assert!(Instant::now() < end, "the bee is idle within 1 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -7,10 +7,10 @@ mod common;
 use std::sync::Arc;
 
 use apiary::ErrorKind;
-use apiary::frames::{Column, FrameDef};
+use apiary::frames::{Column, FrameDef, WriteMode};
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{TestMeadow, i64s, scalar, sql};
+use common::{TestMeadow, fr, i64s, scalar, sql};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_suite_local() {
@@ -38,10 +38,7 @@ async fn checkpoint_replay_s3() {
 
 fn cols(spec: &[(&str, &str)]) -> Vec<Column> {
     spec.iter()
-        .map(|(n, t)| Column {
-            name: n.to_string(),
-            type_name: t.to_string(),
-        })
+        .map(|(n, t)| Column::new(n, t).unwrap())
         .collect()
 }
 
@@ -77,9 +74,7 @@ async fn frame_suite(m: TestMeadow) {
     )
     .await;
     let same = FrameDef::new(
-        "warehouse",
-        "sales",
-        "orders",
+        &fr("warehouse.sales.orders"),
         cols(&[("id", "int64"), ("p", "string")]),
         vec!["p".into()],
     )
@@ -89,9 +84,7 @@ async fn frame_suite(m: TestMeadow) {
         "identical definition is idempotent"
     );
     let other = FrameDef::new(
-        "warehouse",
-        "sales",
-        "orders",
+        &fr("warehouse.sales.orders"),
         cols(&[("id", "int32"), ("p", "utf8")]),
         vec!["p".into()],
     )
@@ -112,10 +105,9 @@ async fn frame_suite(m: TestMeadow) {
     // Append (version 1) through the API, then through SQL (version 2).
     let r = ap
         .write(
-            "warehouse",
-            "sales",
-            "orders",
+            &fr("warehouse.sales.orders"),
             vec![batch(&[1, 2, 3, 4], &["x", "y", "z", "w"])],
+            WriteMode::Append,
         )
         .await
         .unwrap();
@@ -178,7 +170,7 @@ async fn frame_suite(m: TestMeadow) {
     // Overwrite replaces every row in one commit; the old version stays readable.
     let before = ap
         .frames()
-        .info("warehouse", "sales", "orders")
+        .info(&fr("warehouse.sales.orders"))
         .await
         .unwrap();
     sql(
@@ -188,7 +180,7 @@ async fn frame_suite(m: TestMeadow) {
     .await;
     let after = ap
         .frames()
-        .info("warehouse", "sales", "orders")
+        .info(&fr("warehouse.sales.orders"))
         .await
         .unwrap();
     assert_eq!(after.version, before.version + 1);
@@ -261,7 +253,7 @@ async fn checkpoint_replay(m: TestMeadow) {
     .await;
     let mut expected_sum = 0;
     for i in 0..150i64 {
-        ap.write("h", "b", "log", vec![batch(&[i], &["a"])])
+        ap.write(&fr("h.b.log"), vec![batch(&[i], &["a"])], WriteMode::Append)
             .await
             .unwrap();
         expected_sum += i;
@@ -285,7 +277,7 @@ async fn checkpoint_replay(m: TestMeadow) {
     ]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("n,s\n150,{expected_sum}"));
-    let info = ap.frames().info("h", "b", "log").await.unwrap();
+    let info = ap.frames().info(&fr("h.b.log")).await.unwrap();
     assert_eq!(info.version, 150);
 }
 
@@ -311,7 +303,12 @@ async fn append_marked(ap: &apiary::Apiary, v: i64) {
         session: None,
     };
     ap.frames()
-        .append("h", "b", "t", vec![batch(&[v], &["a"])], ctx)
+        .write(
+            &fr("h.b.t"),
+            vec![batch(&[v], &["a"])],
+            WriteMode::Append,
+            ctx,
+        )
         .await
         .unwrap();
 }
@@ -320,19 +317,19 @@ async fn append_marked(ap: &apiary::Apiary, v: i64) {
 async fn exactly_once_markers_are_read_back() {
     let (_m, ap) = marked_frame().await;
     assert_eq!(
-        ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
+        ap.frames().txn_version(&fr("h.b.t"), "app").await.unwrap(),
         None
     );
     for v in [7, 42] {
         append_marked(&ap, v).await;
     }
     assert_eq!(
-        ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
+        ap.frames().txn_version(&fr("h.b.t"), "app").await.unwrap(),
         Some(42)
     );
     assert_eq!(
         ap.frames()
-            .txn_version("h", "b", "t", "other")
+            .txn_version(&fr("h.b.t"), "other")
             .await
             .unwrap(),
         None
@@ -356,7 +353,7 @@ async fn exactly_once_markers_survive_checkpoints() {
         "a checkpoint was written"
     );
     assert_eq!(
-        ap.frames().txn_version("h", "b", "t", "app").await.unwrap(),
+        ap.frames().txn_version(&fr("h.b.t"), "app").await.unwrap(),
         Some(105)
     );
 }
@@ -370,9 +367,7 @@ async fn racing_creators_keep_each_others_rows() {
     sql(&ap, "CREATE HIVE h; CREATE BOX h.b").await;
     let def = |name: &str| {
         FrameDef::new(
-            "h",
-            "b",
-            name,
+            &fr(&format!("h.b.{name}")),
             cols(&[("id", "int64"), ("p", "string")]),
             vec![],
         )
@@ -389,9 +384,13 @@ async fn racing_creators_keep_each_others_rows() {
         "readable meanwhile"
     );
     assert!(!ap.frames().create_frame(&b).await.unwrap());
-    ap.write("h", "b", "t", vec![batch(&[1, 2, 3], &["x", "y", "z"])])
-        .await
-        .unwrap();
+    ap.write(
+        &fr("h.b.t"),
+        vec![batch(&[1, 2, 3], &["x", "y", "z"])],
+        WriteMode::Append,
+    )
+    .await
+    .unwrap();
     assert!(!ap.frames().create_frame(&a).await.unwrap());
     assert_eq!(scalar(&ap, "SELECT count(*) FROM h.b.t").await, 3);
 
@@ -404,10 +403,13 @@ async fn racing_creators_keep_each_others_rows() {
             let (ap, def) = (ap.clone(), def(&name));
             tasks.push(tokio::spawn(async move {
                 ap.frames().create_frame(&def).await.unwrap();
-                let (h, b, f) = (&def.hive, &def.box_name, &def.name);
-                ap.write(h, b, f, vec![batch(&[w, w + 10], &["a", "b"])])
-                    .await
-                    .unwrap();
+                ap.write(
+                    &def.frame,
+                    vec![batch(&[w, w + 10], &["a", "b"])],
+                    WriteMode::Append,
+                )
+                .await
+                .unwrap();
             }));
         }
         for t in tasks {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Node, TestMeadow, free_port, test_certificates};
+use common::{Node, TestMeadow, fr, free_port, test_certificates};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// The external broker scripts/test started, or `None` (plain `cargo test`).
@@ -452,7 +452,7 @@ async fn small_cells_are_merged_and_vacuumed_by_the_lease_holder() {
     let (cells, files) = loop {
         let cells = reader
             .frames()
-            .info("compact", "s", "readings")
+            .info(&fr("compact.s.readings"))
             .await
             .unwrap()
             .cell_count;

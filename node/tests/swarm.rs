@@ -10,9 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apiary::frames::WriteMode;
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{Node, TestMeadow};
+use common::{Node, TestMeadow, fr};
 
 const INTERVAL_MS: u64 = 500;
 
@@ -215,9 +216,12 @@ async fn two_hundred_cells(meadow: &TestMeadow) {
             vec![Arc::new(k), Arc::new(v), Arc::new(s), Arc::new(day)],
         )
         .unwrap();
-        apiary.write("h", "b", "t", vec![batch]).await.unwrap();
+        apiary
+            .write(&fr("h.b.t"), vec![batch], WriteMode::Append)
+            .await
+            .unwrap();
     }
-    let info = apiary.frames().info("h", "b", "t").await.unwrap();
+    let info = apiary.frames().info(&fr("h.b.t")).await.unwrap();
     assert_eq!(info.cell_count, CELLS as u64);
 }
 

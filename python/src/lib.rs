@@ -17,7 +17,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule, PyDict};
 
 use apiary::config::Config;
-use apiary::frames::{Column, FrameDef};
+use apiary::frames::{Column, FrameDef, WriteMode};
+use apiary::names::FrameRef;
+use apiary::node::{Node, Services};
 use apiary::{ErrorKind, output};
 
 create_exception!(_apiary, ApiaryError, PyRuntimeError, "An Apiary error.");
@@ -64,7 +66,7 @@ fn py_err(e: apiary::Error) -> PyErr {
         ErrorKind::Conflict => Conflict::new_err(msg),
         ErrorKind::Unsupported => Unsupported::new_err(msg),
         ErrorKind::InvalidInput => InvalidInput::new_err(msg),
-        ErrorKind::Busy => Busy::new_err(msg),
+        ErrorKind::Busy { .. } => Busy::new_err(msg),
         ErrorKind::Timeout => Timeout::new_err(msg),
         ErrorKind::ResourcesExhausted | ErrorKind::Storage | ErrorKind::Internal => {
             ApiaryError::new_err(msg)
@@ -76,20 +78,20 @@ fn invalid(msg: impl Into<String>) -> PyErr {
     InvalidInput::new_err(msg.into())
 }
 
-/// A started node: its runtime and the opened meadow.
-struct Node {
+/// A started node and the runtime it runs on.
+struct Started {
     runtime: tokio::runtime::Runtime,
-    apiary: apiary::Apiary,
+    node: Node,
 }
 
-impl Node {
+impl Started {
     /// Run `work` on the node's runtime with the GIL released.
     fn run<T: Send>(
         &self,
         py: Python<'_>,
         work: impl AsyncFnOnce(&apiary::Apiary) -> apiary::Result<T> + Send,
     ) -> PyResult<T> {
-        py.detach(|| self.runtime.block_on(work(&self.apiary)))
+        py.detach(|| self.runtime.block_on(work(self.node.apiary())))
             .map_err(py_err)
     }
 }
@@ -99,7 +101,7 @@ struct PyApiary {
     name: String,
     storage: Option<String>,
     options: BTreeMap<String, String>,
-    node: Mutex<Option<Arc<Node>>>,
+    node: Mutex<Option<Arc<Started>>>,
 }
 
 #[pymethods]
@@ -114,7 +116,7 @@ impl PyApiary {
         storage: Option<String>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        apiary::frames::registry::validate_name("node name", name).map_err(py_err)?;
+        apiary::names::validate_name("node name", name).map_err(py_err)?;
         let mut opts = BTreeMap::new();
         if let Some(d) = options {
             for (k, v) in d.iter() {
@@ -141,16 +143,18 @@ impl PyApiary {
             .thread_name("apiary")
             .build()
             .map_err(|e| ApiaryError::new_err(format!("cannot start a runtime: {e}")))?;
-        let apiary = py
+        let started = py
             .detach(|| {
                 runtime.block_on(async {
-                    let apiary = apiary::Apiary::open(config).await?;
-                    apiary.start_swarm().await?;
-                    Ok::<_, apiary::error::Error>(apiary)
+                    let services = Services::library(&config);
+                    Node::start(apiary::Apiary::open(config).await?, services).await
                 })
             })
             .map_err(py_err)?;
-        *node = Some(Arc::new(Node { runtime, apiary }));
+        *node = Some(Arc::new(Started {
+            runtime,
+            node: started,
+        }));
         Ok(())
     }
 
@@ -160,8 +164,13 @@ impl PyApiary {
         if let Some(node) = node {
             // Other threads may still hold it for a running call: they finish first.
             py.detach(move || {
-                node.runtime.block_on(node.apiary.stop_swarm());
-                drop(node)
+                node.runtime.block_on(node.node.shutdown());
+                // The last holder lets the runtime go without waiting on blocking I/O that
+                // the shutdown deadline cut short.
+                if let Ok(node) = Arc::try_unwrap(node) {
+                    node.runtime
+                        .shutdown_timeout(std::time::Duration::from_secs(1));
+                }
             });
         }
     }
@@ -233,16 +242,11 @@ impl PyApiary {
                     "column {name}: the type must be a string like 'int64'"
                 ))
             })?;
-            columns.push(Column { name, type_name });
+            columns.push(Column::new(&name, &type_name).map_err(py_err)?);
         }
-        let def = FrameDef::new(
-            &hive,
-            &r#box,
-            &name,
-            columns,
-            partition_by.unwrap_or_default(),
-        )
-        .map_err(py_err)?;
+        let frame = FrameRef::new(&hive, &r#box, &name).map_err(py_err)?;
+        let def =
+            FrameDef::new(&frame, columns, partition_by.unwrap_or_default()).map_err(py_err)?;
         self.node()?
             .run(py, async move |ap| ap.frames().create_frame(&def).await)
             .map(|_| ())
@@ -297,15 +301,16 @@ impl PyApiary {
         r#box: String,
         name: String,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let info = self.node()?.run(py, async move |ap| {
-            ap.frames().info(&hive, &r#box, &name).await
-        })?;
+        let frame = FrameRef::new(&hive, &r#box, &name).map_err(py_err)?;
+        let info = self
+            .node()?
+            .run(py, async move |ap| ap.frames().info(&frame).await)?;
         let d = PyDict::new(py);
         let schema = PyDict::new(py);
         for c in &info.def.columns {
-            schema.set_item(&c.name, &c.type_name)?;
+            schema.set_item(&c.name, &c.spelt)?;
         }
-        d.set_item("name", &info.def.name)?;
+        d.set_item("name", &info.def.frame.frame)?;
         d.set_item("schema", schema)?;
         d.set_item("partition_by", &info.def.partition_by)?;
         d.set_item("created_at", info.def.created_at.to_rfc3339())?;
@@ -404,23 +409,23 @@ impl PyApiary {
     // Status
 
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_python(py, &self.node()?.apiary.status())
+        to_python(py, &self.node()?.node.apiary().status())
     }
 
     fn bee_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_python(py, &self.node()?.apiary.bee_status())
+        to_python(py, &self.node()?.node.apiary().bee_status())
     }
 
     fn swarm_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let node = self.node()?;
         let status = py
-            .detach(|| node.runtime.block_on(node.apiary.swarm_status()))
+            .detach(|| node.runtime.block_on(node.node.apiary().swarm_status()))
             .map_err(py_err)?;
         to_python(py, &status)
     }
 
     fn colony_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_python(py, &self.node()?.apiary.colony_status())
+        to_python(py, &self.node()?.node.apiary().colony_status())
     }
 
     // UDFs
@@ -461,7 +466,7 @@ impl PyApiary {
 }
 
 impl PyApiary {
-    fn node(&self) -> PyResult<Arc<Node>> {
+    fn node(&self) -> PyResult<Arc<Started>> {
         self.node.lock().expect("node lock").clone().ok_or_else(|| {
             ApiaryError::new_err(format!(
                 "node not started: call Apiary({:?}).start() first (or use `with`)",
@@ -471,12 +476,12 @@ impl PyApiary {
     }
 
     fn config(&self) -> PyResult<Config> {
-        let mut config = Config::default();
-        config
-            .apply_env(|k| std::env::var(k).ok())
-            .map_err(py_err)?;
+        // The same layering as the command line: file, environment, then our arguments.
+        let mut config = Config::load(None).map_err(py_err)?;
         let base = data_dir().join(&self.name);
-        config.node.state_dir = base.join("state");
+        if config.node.state_dir == Config::default().node.state_dir {
+            config.node.state_dir = base.join("state");
+        }
         if let Some(s) = &self.storage {
             config.meadow.uri = Some(s.clone());
         } else if config.meadow.uri.is_none() {
@@ -506,20 +511,23 @@ impl PyApiary {
     ) -> PyResult<Bound<'py, PyDict>> {
         let batches = batches_from(data)?;
         let node = self.node()?;
-        let report = node.run(py, async move |ap| {
-            if overwrite {
-                ap.overwrite(&hive, &r#box, &frame, batches).await
-            } else {
-                ap.write(&hive, &r#box, &frame, batches).await
-            }
-        })?;
+        let frame = FrameRef::new(&hive, &r#box, &frame).map_err(py_err)?;
+        let mode = if overwrite {
+            WriteMode::Overwrite
+        } else {
+            WriteMode::Append
+        };
+        let report = node.run(py, async move |ap| ap.write(&frame, batches, mode).await)?;
         let d = PyDict::new(py);
         d.set_item("version", report.version)?;
         d.set_item("cells_written", report.cells_written)?;
         d.set_item("rows_written", report.rows_written)?;
         d.set_item("bytes_written", report.bytes_written)?;
         d.set_item("duration_ms", report.duration_ms)?;
-        d.set_item("temperature", node.apiary.colony_status().temperature)?;
+        d.set_item(
+            "temperature",
+            node.node.apiary().colony_status().temperature,
+        )?;
         Ok(d)
     }
 }

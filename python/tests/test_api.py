@@ -68,6 +68,27 @@ def test_default_storage_and_context_manager(tmp_path):
         assert again.list_hives() == ["h"], "the same name finds its data again"
 
 
+def test_config_file_and_environment_layer_like_the_cli(tmp_path, monkeypatch):
+    # apiary.toml, then APIARY_* variables, then the constructor's arguments.
+    conf = tmp_path / "apiary.toml"
+    conf.write_text(
+        f'[node]\nstate_dir = "{tmp_path / "from-file"}"\n[bees]\ncount = 1\n'
+        f'[swarm]\nenabled = false\n'
+    )
+    monkeypatch.setenv("APIARY_CONFIG", str(conf))
+    monkeypatch.setenv("APIARY_MEMORY_PER_BEE", "48MiB")
+    with Apiary("layered", storage=str(tmp_path / "meadow")) as ap:
+        s = ap.status()
+        assert s["bees"] == 1, "from the file"
+        assert s["memory_per_bee_mb"] == 48, "from the environment"
+        assert s["storage_uri"].rstrip("/").endswith("meadow"), "from the argument"
+    assert (tmp_path / "from-file" / "node_id").exists(), "state dir from the file"
+    assert not (tmp_path / "meadow" / "_apiary" / "swarm" / "nodes").exists(), "swarm off"
+    conf.write_text("[bees]\ncount = 0\n")
+    with pytest.raises(apiary.InvalidInput, match="bees.count"):
+        Apiary("bad", storage=str(tmp_path / "meadow")).start()
+
+
 def test_namespaces_and_aliases(ap):
     assert ap.create_hive("warehouse") is None
     ap.create_hive("warehouse")  # again: not an error

@@ -7,66 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::error::{Error, Result};
-
-/// Band thresholds and weights (config `[colony]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ColonyConfig {
-    /// Below this a node is cold (idle: polls for work faster).
-    pub cold: f64,
-    /// From here a node is warm.
-    pub warm: f64,
-    /// From here a node is hot: it takes no swarm tasks.
-    pub hot: f64,
-    /// From here a node is critical: new queries get Busy, ingest stops acking.
-    pub critical: f64,
-    /// The temperature the node aims for (reported; the swarm planner prefers nodes below it).
-    pub setpoint: f64,
-    /// How fast an idle node cools: seconds for the excess over the current load to fall by 1/e.
-    pub cooling_secs: f64,
-    /// Attempts a task gets (here and on other nodes) before it is abandoned.
-    pub trial_limit: u32,
-}
-
-impl Default for ColonyConfig {
-    fn default() -> Self {
-        ColonyConfig {
-            cold: 0.15,
-            warm: 0.45,
-            hot: 0.65,
-            critical: 0.85,
-            setpoint: 0.4,
-            cooling_secs: 2.0,
-            trial_limit: 3,
-        }
-    }
-}
-
-impl ColonyConfig {
-    pub fn validate(&self) -> Result<()> {
-        let ok = 0.0 <= self.cold
-            && self.cold <= self.warm
-            && self.warm <= self.hot
-            && self.hot <= self.critical
-            && self.critical <= 1.0;
-        if !ok {
-            return Err(Error::invalid(format!(
-                "colony thresholds must rise within [0, 1]: cold {} ≤ warm {} ≤ hot {} ≤ critical {}",
-                self.cold, self.warm, self.hot, self.critical
-            )));
-        }
-        if self.trial_limit == 0 {
-            return Err(Error::invalid("colony.trial_limit must be at least 1"));
-        }
-        if self.cooling_secs.is_nan() || self.cooling_secs <= 0.0 {
-            return Err(Error::invalid("colony.cooling_secs must be positive"));
-        }
-        Ok(())
-    }
-}
+use crate::config::ColonyConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

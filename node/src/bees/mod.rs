@@ -5,8 +5,8 @@
 pub mod colony;
 mod pool;
 
-pub use colony::{Band, Colony, ColonyConfig, ColonyStatus, Load, Verdict};
-pub use pool::{BeePool, BeeStatus, Chamber, PoolConfig, count_files};
+pub use colony::{Band, Colony, ColonyStatus, Load, Verdict};
+pub use pool::{BeePool, BeeState, BeeStatus, Chamber, PoolConfig, count_files};
 
 use std::path::{Path, PathBuf};
 

@@ -17,7 +17,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::Resources;
-use super::colony::{Band, Colony, ColonyConfig, ColonyStatus, Load};
+use super::colony::{Band, Colony, ColonyStatus, Load};
+use crate::config::ColonyConfig;
 use crate::error::{Error, ErrorKind, Result};
 
 const MIB: u64 = 1 << 20;
@@ -75,12 +76,29 @@ impl Drop for Inner {
 #[derive(Debug, Clone, Serialize)]
 pub struct BeeStatus {
     pub bee_id: String,
-    pub state: &'static str,
+    pub state: BeeState,
     pub task: Option<String>,
     pub memory_used: u64,
     pub memory_budget: u64,
     pub memory_used_mb: f64,
     pub memory_budget_mb: f64,
+}
+
+/// Whether a bee runs a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BeeState {
+    Idle,
+    Busy,
+}
+
+impl BeeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BeeState::Idle => "idle",
+            BeeState::Busy => "busy",
+        }
+    }
 }
 
 /// The pool. Cheap to clone.
@@ -245,7 +263,7 @@ impl BeePool {
                 let busy = b.busy.load(Ordering::SeqCst);
                 BeeStatus {
                     bee_id: format!("bee-{}", b.id),
-                    state: if busy { "busy" } else { "idle" },
+                    state: if busy { BeeState::Busy } else { BeeState::Idle },
                     task: b.task.lock().expect("bee lock").clone(),
                     memory_used: used,
                     memory_budget: b.budget,
@@ -479,7 +497,7 @@ mod tests {
         let b = tokio::spawn(hold(p.clone(), rx.clone()));
         let c = tokio::spawn(hold(p.clone(), rx.clone()));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !(p.waiting() == 1 && p.bee_status().iter().all(|b| b.state == "busy")) {
+        while !(p.waiting() == 1 && p.bee_status().iter().all(|b| b.state == BeeState::Busy)) {
             assert!(
                 Instant::now() < deadline,
                 "two busy bees and one queued task"
@@ -487,9 +505,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let e = p.run("extra", async |_c| Ok(())).await.unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Busy);
+        assert!(e.kind.is_busy(), "{e}");
         assert!(
-            e.retry_after_ms.is_some() && e.message.contains("queued"),
+            e.retry_after_ms().is_some() && e.message.contains("queued"),
             "{e}"
         );
         tx.send(true).unwrap();
@@ -500,7 +518,7 @@ mod tests {
         assert!(
             p.bee_status()
                 .iter()
-                .all(|b| b.state == "idle" && b.task.is_none())
+                .all(|b| b.state == BeeState::Idle && b.task.is_none())
         );
     }
 
@@ -516,7 +534,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Timeout);
         assert!(e.message.contains("100 ms"), "{e}");
-        assert_eq!(p.bee_status()[0].state, "idle");
+        assert_eq!(p.bee_status()[0].state, BeeState::Idle);
         p.run("next", async |_c| Ok(())).await.unwrap();
     }
 
@@ -551,6 +569,6 @@ mod tests {
         for (i, t) in tasks.into_iter().enumerate() {
             assert_eq!(t.await.unwrap().unwrap(), i);
         }
-        assert!(p.bee_status().iter().all(|b| b.state == "idle"));
+        assert!(p.bee_status().iter().all(|b| b.state == BeeState::Idle));
     }
 }

@@ -23,9 +23,11 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use url::Url;
 
 pub use registry::{Column, FrameDef, Registry};
+pub use types::ColumnType;
 
 use crate::error::{Error, Result};
 use crate::meadow::Meadow;
+use crate::names::FrameRef;
 
 /// Delta writes a checkpoint every this many commits, so a reader replays at most this many
 /// JSON log entries.
@@ -65,6 +67,13 @@ pub struct FrameInfo {
 pub struct Txn {
     pub app_id: String,
     pub version: i64,
+}
+
+/// Whether a write adds rows or replaces them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Append,
+    Overwrite,
 }
 
 /// How a write is done: an exactly-once marker, and the DataFusion session (a chamber's) the
@@ -136,8 +145,6 @@ fn lost_race(e: &DeltaTableError) -> bool {
                 | TransactionError::CommitConflict(_)
                 | TransactionError::MaxCommitAttempts(_)
         ),
-        // `SaveMode::ErrorIfExists` meeting a table made after we looked.
-        DeltaTableError::GenericError { source } => source.to_string().contains("already exists"),
         _ => false,
     }
 }
@@ -167,8 +174,8 @@ pub fn arrow_schema(def: &FrameDef) -> Result<SchemaRef> {
     let fields = def
         .columns
         .iter()
-        .map(|c| Ok(Field::new(&c.name, types::arrow_type(&c.type_name)?, true)))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|c| Field::new(&c.name, c.ty.arrow(), true))
+        .collect::<Vec<_>>();
     Ok(Arc::new(Schema::new(fields)))
 }
 
@@ -205,8 +212,8 @@ impl Frames {
         self.cell_target_bytes
     }
 
-    fn table_url(&self, h: &str, b: &str, f: &str) -> Url {
-        self.meadow.dir_url(&[h, b, f])
+    fn table_url(&self, frame: &FrameRef) -> Url {
+        self.meadow.dir_url(&frame.parts())
     }
 
     fn builder(&self, url: Url) -> Result<DeltaTableBuilder> {
@@ -224,9 +231,7 @@ impl Frames {
         let registered = if created {
             def.clone()
         } else {
-            self.registry
-                .frame(&def.hive, &def.box_name, &def.name)
-                .await?
+            self.registry.frame(&def.frame).await?
         };
         self.ensure_table(&registered).await?;
         Ok(created)
@@ -237,7 +242,7 @@ impl Frames {
     /// table's first commit and left for vacuum), and leave it alone when it already carries
     /// `def.id`, because then a racing creator made it and may have appended to it since.
     async fn ensure_table(&self, def: &FrameDef) -> Result<DeltaTable> {
-        let url = self.table_url(&def.hive, &def.box_name, &def.name);
+        let url = self.table_url(&def.frame);
         let schema = arrow_schema(def)?;
         // Each lost race means another writer made progress; a few rounds settle it.
         for _ in 0..COMMIT_RETRIES {
@@ -256,7 +261,7 @@ impl Frames {
             };
             let mut builder = table
                 .create()
-                .with_table_name(&def.name)
+                .with_table_name(&def.frame.frame)
                 .with_save_mode(mode)
                 .with_partition_columns(def.partition_by.clone())
                 .with_configuration_property(
@@ -276,22 +281,28 @@ impl Frames {
             match builder.await {
                 Ok(table) => return Ok(table),
                 Err(e) if lost_race(&e) => {} // to another creator or replacer: look again
+                // `SaveMode::ErrorIfExists` meeting a table made after we looked.
+                Err(_)
+                    if !exists
+                        && self
+                            .builder(url.clone())?
+                            .build()?
+                            .verify_deltatable_existence()
+                            .await? => {}
                 Err(e) => {
-                    return Err(
-                        Error::from(e).context(format!("creating frame {}", def.full_name()))
-                    );
+                    return Err(Error::from(e).context(format!("creating frame {}", def.frame)));
                 }
             }
         }
         Err(Error::conflict(format!(
             "creating frame {}: other writers kept changing its table; try again",
-            def.full_name()
+            def.frame
         )))
     }
 
     /// Open a frame at its latest version, or at `version` (time travel).
-    pub async fn open(&self, h: &str, b: &str, f: &str, version: Option<i64>) -> Result<Frame> {
-        let def = self.registry.frame(h, b, f).await?;
+    pub async fn open(&self, frame: &FrameRef, version: Option<i64>) -> Result<Frame> {
+        let def = self.registry.frame(frame).await?;
         if version.is_none() && !def.id.is_empty() {
             // The snapshot of an earlier open, brought forward by reading only the log
             // entries committed since (a full load replays the log from its checkpoint).
@@ -327,8 +338,8 @@ impl Frames {
     }
 
     async fn load(&self, def: FrameDef, version: Option<i64>) -> Result<Frame> {
-        let url = self.table_url(&def.hive, &def.box_name, &def.name);
-        let name = def.full_name();
+        let url = self.table_url(&def.frame);
+        let name = def.frame.clone();
         let mut builder = self.builder(url.clone())?;
         if let Some(v) = version {
             if v < 0 {
@@ -370,10 +381,7 @@ impl Frames {
 
     /// The cells of an opened frame.
     pub fn cells(&self, frame: &Frame) -> Result<Vec<Cell>> {
-        let d = &frame.def;
-        let table = self
-            .meadow
-            .path(&format!("{}/{}/{}", d.hive, d.box_name, d.name));
+        let table = self.meadow.path(&frame.def.frame.parts().join("/"));
         Ok(frame
             .table
             .snapshot()?
@@ -387,47 +395,27 @@ impl Frames {
             .collect())
     }
 
-    pub async fn info(&self, h: &str, b: &str, f: &str) -> Result<FrameInfo> {
-        self.open(h, b, f, None).await?.info()
+    pub async fn info(&self, frame: &FrameRef) -> Result<FrameInfo> {
+        self.open(frame, None).await?.info()
     }
 
-    /// Append rows. Data is cast to the frame's schema first: a bad value, an unknown column or
-    /// a null partition value fails the call and nothing is committed.
-    pub async fn append(
+    /// Append rows or replace them all, in one commit (readers see the old rows or the
+    /// new, never a mix). Data is cast to the frame's schema first: a bad value, an unknown
+    /// column or a null partition value fails the call and nothing is committed.
+    pub async fn write(
         &self,
-        h: &str,
-        b: &str,
-        f: &str,
+        name: &FrameRef,
         batches: Vec<RecordBatch>,
+        mode: WriteMode,
         ctx: WriteCtx,
     ) -> Result<WriteReport> {
-        self.write(h, b, f, batches, SaveMode::Append, ctx).await
-    }
-
-    /// Replace all rows in one commit: readers see the old rows or the new, never a mix.
-    pub async fn overwrite(
-        &self,
-        h: &str,
-        b: &str,
-        f: &str,
-        batches: Vec<RecordBatch>,
-        ctx: WriteCtx,
-    ) -> Result<WriteReport> {
-        self.write(h, b, f, batches, SaveMode::Overwrite, ctx).await
-    }
-
-    async fn write(
-        &self,
-        h: &str,
-        b: &str,
-        f: &str,
-        batches: Vec<RecordBatch>,
-        mode: SaveMode,
-        ctx: WriteCtx,
-    ) -> Result<WriteReport> {
+        let mode = match mode {
+            WriteMode::Append => SaveMode::Append,
+            WriteMode::Overwrite => SaveMode::Overwrite,
+        };
         let started = Instant::now();
-        let mut frame = self.open(h, b, f, None).await?;
-        let full = frame.def.full_name();
+        let mut frame = self.open(name, None).await?;
+        let full = name;
         let schema = frame.arrow_schema()?;
         let mut conformed = Vec::with_capacity(batches.len());
         for batch in &batches {
@@ -473,7 +461,7 @@ impl Frames {
                 // based on the first. Not a real conflict while the frame is still this one.
                 Err(e) if metadata_changed(&e) && attempts < 3 => {
                     attempts += 1;
-                    let again = self.open(h, b, f, None).await?;
+                    let again = self.open(name, None).await?;
                     if again.def.id != frame.def.id {
                         return Err(Error::from(e).context(format!(
                             "writing to {full}: the frame was dropped and created again"
@@ -496,14 +484,8 @@ impl Frames {
     }
 
     /// The version recorded for an exactly-once `app_id`, if any.
-    pub async fn txn_version(
-        &self,
-        h: &str,
-        b: &str,
-        f: &str,
-        app_id: &str,
-    ) -> Result<Option<i64>> {
-        let frame = self.open(h, b, f, None).await?;
+    pub async fn txn_version(&self, frame: &FrameRef, app_id: &str) -> Result<Option<i64>> {
+        let frame = self.open(frame, None).await?;
         Ok(frame
             .table
             .snapshot()?
@@ -515,12 +497,10 @@ impl Frames {
     /// same rows before and after). Returns (cells removed, cells added).
     pub async fn compact(
         &self,
-        h: &str,
-        b: &str,
-        f: &str,
+        name: &FrameRef,
         session: Arc<dyn datafusion::catalog::Session>,
     ) -> Result<(u64, u64)> {
-        let frame = self.open(h, b, f, None).await?;
+        let frame = self.open(name, None).await?;
         let (_, metrics) = frame
             .table
             .optimize()
@@ -529,19 +509,13 @@ impl Frames {
             .with_session_state(session)
             .with_commit_properties(CommitProperties::default().with_max_retries(COMMIT_RETRIES))
             .await
-            .map_err(|e| Error::from(e).context(format!("compacting {h}.{b}.{f}")))?;
+            .map_err(|e| Error::from(e).context(format!("compacting {name}")))?;
         Ok((metrics.num_files_removed, metrics.num_files_added))
     }
 
     /// Delete cells no version newer than `retention` refers to any more. Returns how many.
-    pub async fn vacuum(
-        &self,
-        h: &str,
-        b: &str,
-        f: &str,
-        retention: std::time::Duration,
-    ) -> Result<usize> {
-        let frame = self.open(h, b, f, None).await?;
+    pub async fn vacuum(&self, name: &FrameRef, retention: std::time::Duration) -> Result<usize> {
+        let frame = self.open(name, None).await?;
         let retention = chrono::Duration::from_std(retention)
             .map_err(|e| Error::invalid(format!("vacuum retention: {e}")))?;
         let (_, metrics) = frame
@@ -550,13 +524,13 @@ impl Frames {
             .with_retention_period(retention)
             .with_enforce_retention_duration(false)
             .await
-            .map_err(|e| Error::from(e).context(format!("vacuuming {h}.{b}.{f}")))?;
+            .map_err(|e| Error::from(e).context(format!("vacuuming {name}")))?;
         Ok(metrics.files_deleted.len())
     }
 
     /// Remove a frame from the listing. Its cells stay in the meadow until vacuumed.
-    pub async fn drop_frame(&self, h: &str, b: &str, f: &str) -> Result<()> {
-        self.registry.drop_frame(h, b, f).await.map(|_| ())
+    pub async fn drop_frame(&self, frame: &FrameRef) -> Result<()> {
+        self.registry.drop_frame(frame).await.map(|_| ())
     }
 }
 
@@ -620,10 +594,10 @@ pub fn conform(def: &FrameDef, schema: &SchemaRef, batch: &RecordBatch) -> Resul
                         "column {} ({} to {}): {e}",
                         field.name(),
                         src.data_type(),
-                        col.type_name
+                        col.ty
                     ))
                 })?;
-                check_unsigned(&col.name, &col.type_name, &cast)?;
+                check_unsigned(&col.name, col.ty, &cast)?;
                 cast
             }
             Err(_) => new_null_array(field.data_type(), batch.num_rows()),
@@ -640,13 +614,9 @@ pub fn conform(def: &FrameDef, schema: &SchemaRef, batch: &RecordBatch) -> Resul
 }
 
 /// Unsigned columns live in wider signed types; keep their values in the unsigned range.
-fn check_unsigned(name: &str, type_name: &str, array: &ArrayRef) -> Result<()> {
-    let max: i64 = match types::canonical(type_name)? {
-        "uint8" => u8::MAX as i64,
-        "uint16" => u16::MAX as i64,
-        "uint32" => u32::MAX as i64,
-        "uint64" => i64::MAX,
-        _ => return Ok(()),
+fn check_unsigned(name: &str, ty: ColumnType, array: &ArrayRef) -> Result<()> {
+    let Some(max) = ty.unsigned_max() else {
+        return Ok(());
     };
     let as_i64 = cast_with_options(array, &DataType::Int64, &CastOptions::default())?;
     let values = as_i64
@@ -655,7 +625,7 @@ fn check_unsigned(name: &str, type_name: &str, array: &ArrayRef) -> Result<()> {
         .expect("cast to Int64 gives Int64Array");
     if let Some(bad) = values.iter().flatten().find(|v| *v < 0 || *v > max) {
         return Err(Error::invalid(format!(
-            "column {name}: value {bad} is out of range for {type_name}"
+            "column {name}: value {bad} is out of range for {ty}"
         )));
     }
     Ok(())

@@ -6,21 +6,77 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::types;
+use super::types::ColumnType;
 use crate::error::{Error, Result};
+use crate::layout::{Dir, Key};
 use crate::meadow::{FORMAT_VERSION, Meadow};
+use crate::names::{FrameRef, validate_name};
 
-const ROOT: &str = "_apiary/registry";
 /// Default cap on distinct partition values of one frame (guards against a partition column
 /// with a value per row, which would make one tiny cell per row).
 pub const DEFAULT_MAX_PARTITIONS: u32 = 10_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A frame's column. Its type is kept as the user spelt it too (`get_frame` in Python
+/// returns the schema as given); two columns are the same when name and type are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "StoredColumn", into = "StoredColumn")]
 pub struct Column {
     pub name: String,
-    /// The type string as the user gave it.
+    pub ty: ColumnType,
+    pub spelt: String,
+}
+
+impl PartialEq for Column {
+    fn eq(&self, other: &Column) -> bool {
+        self.name == other.name && self.ty == other.ty
+    }
+}
+
+impl Eq for Column {}
+
+impl Column {
+    /// A column of a type written by a user (canonical name or alias).
+    pub fn new(name: &str, type_str: &str) -> Result<Column> {
+        Ok(Column {
+            name: name.into(),
+            ty: type_str
+                .parse()
+                .map_err(|e: Error| e.context(format!("column {name}")))?,
+            spelt: type_str.into(),
+        })
+    }
+
+    pub fn of(name: &str, ty: ColumnType) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            spelt: ty.name().into(),
+        }
+    }
+}
+
+/// A column as the registry keeps it: `{"name": ..., "type": <as spelt>}`.
+#[derive(Serialize, Deserialize)]
+struct StoredColumn {
+    name: String,
     #[serde(rename = "type")]
-    pub type_name: String,
+    type_name: String,
+}
+
+impl TryFrom<StoredColumn> for Column {
+    type Error = Error;
+    fn try_from(c: StoredColumn) -> Result<Column> {
+        Column::new(&c.name, &c.type_name)
+    }
+}
+
+impl From<Column> for StoredColumn {
+    fn from(c: Column) -> StoredColumn {
+        StoredColumn {
+            name: c.name,
+            type_name: c.spelt,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,10 +87,9 @@ pub struct FrameDef {
     /// Empty in definitions written before ids existed.
     #[serde(default)]
     pub id: String,
-    pub hive: String,
-    #[serde(rename = "box")]
-    pub box_name: String,
-    pub name: String,
+    /// Kept as `hive`, `box` and `name`.
+    #[serde(flatten)]
+    pub frame: FrameRef,
     pub columns: Vec<Column>,
     pub partition_by: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -42,30 +97,23 @@ pub struct FrameDef {
 }
 
 impl FrameDef {
-    /// A validated definition: known types, unique columns, partition columns that exist.
+    /// A validated definition: unique columns, partition columns that exist.
     pub fn new(
-        hive: &str,
-        box_name: &str,
-        name: &str,
+        frame: &FrameRef,
         columns: Vec<Column>,
         partition_by: Vec<String>,
     ) -> Result<FrameDef> {
-        validate_name("hive", hive)?;
-        validate_name("box", box_name)?;
-        validate_name("frame", name)?;
-        let full = format!("{hive}.{box_name}.{name}");
         if columns.is_empty() {
             return Err(Error::invalid(format!(
-                "frame {full} needs at least one column"
+                "frame {frame} needs at least one column"
             )));
         }
         let mut seen = std::collections::HashSet::new();
         for c in &columns {
             validate_name("column", &c.name)?;
-            types::canonical(&c.type_name).map_err(|e| e.context(format!("column {}", c.name)))?;
             if !seen.insert(c.name.as_str()) {
                 return Err(Error::invalid(format!(
-                    "column {} appears twice in {full}",
+                    "column {} appears twice in {frame}",
                     c.name
                 )));
             }
@@ -73,46 +121,29 @@ impl FrameDef {
         for p in &partition_by {
             if !seen.contains(p.as_str()) {
                 return Err(Error::invalid(format!(
-                    "partition column {p} is not a column of {full}"
+                    "partition column {p} is not a column of {frame}"
                 )));
             }
         }
         if partition_by.len() >= columns.len() {
             return Err(Error::invalid(format!(
-                "frame {full} needs at least one column that is not a partition column"
+                "frame {frame} needs at least one column that is not a partition column"
             )));
         }
         Ok(FrameDef {
             format_version: FORMAT_VERSION,
             id: uuid::Uuid::new_v4().simple().to_string(),
-            hive: hive.into(),
-            box_name: box_name.into(),
-            name: name.into(),
+            frame: frame.clone(),
             columns,
             partition_by,
-            created_at: Utc::now(),
+            created_at: crate::clock::utc(),
             max_partitions: DEFAULT_MAX_PARTITIONS,
         })
     }
 
-    pub fn full_name(&self) -> String {
-        format!("{}.{}.{}", self.hive, self.box_name, self.name)
-    }
-
-    /// Same columns (names, order, canonical types) and partitioning.
+    /// Same columns (names, order, types) and partitioning.
     pub fn same_shape(&self, other: &FrameDef) -> bool {
-        let canon = |d: &FrameDef| -> Vec<(String, &'static str)> {
-            d.columns
-                .iter()
-                .map(|c| {
-                    (
-                        c.name.clone(),
-                        types::canonical(&c.type_name).unwrap_or("?"),
-                    )
-                })
-                .collect()
-        };
-        canon(self) == canon(other) && self.partition_by == other.partition_by
+        self.columns == other.columns && self.partition_by == other.partition_by
     }
 
     pub fn is_partition(&self, column: &str) -> bool {
@@ -127,39 +158,23 @@ struct NamespaceDoc {
     created_at: DateTime<Utc>,
 }
 
-/// Names become object keys and Delta table directories: keep them to a portable set.
-pub fn validate_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "bad {what} name {name:?}: use letters, digits, _ or - (starting with a letter or _), at most 128 characters"
-        )))
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Registry {
     meadow: Meadow,
 }
 
 fn hive_key(h: &str) -> String {
-    format!("{ROOT}/hives/{h}.json")
+    Key::Hive(h.into()).to_string()
 }
 fn box_key(h: &str, b: &str) -> String {
-    format!("{ROOT}/boxes/{h}/{b}.json")
+    Key::Box {
+        hive: h.into(),
+        box_name: b.into(),
+    }
+    .to_string()
 }
-fn frame_key(h: &str, b: &str, f: &str) -> String {
-    format!("{ROOT}/frames/{h}/{b}/{f}.json")
+fn frame_key(frame: &FrameRef) -> String {
+    Key::Frame(frame.clone()).to_string()
 }
 fn strip_json(names: Vec<String>) -> Vec<String> {
     names
@@ -179,7 +194,7 @@ impl Registry {
         let doc = NamespaceDoc {
             format_version: FORMAT_VERSION,
             name: name.into(),
-            created_at: Utc::now(),
+            created_at: crate::clock::utc(),
         };
         self.meadow.put_json_if_absent(&hive_key(name), &doc).await
     }
@@ -190,7 +205,7 @@ impl Registry {
         let doc = NamespaceDoc {
             format_version: FORMAT_VERSION,
             name: name.into(),
-            created_at: Utc::now(),
+            created_at: crate::clock::utc(),
         };
         self.meadow
             .put_json_if_absent(&box_key(hive, name), &doc)
@@ -200,25 +215,26 @@ impl Registry {
     /// Register a frame. `Ok(true)` when this call created it, `Ok(false)` when an identical
     /// definition was already there; `AlreadyExists` when a different one is.
     pub async fn create_frame(&self, def: &FrameDef) -> Result<bool> {
-        self.require_box(&def.hive, &def.box_name).await?;
-        let key = frame_key(&def.hive, &def.box_name, &def.name);
+        self.require_box(&def.frame.hive, &def.frame.box_name)
+            .await?;
+        let key = frame_key(&def.frame);
         if self.meadow.put_json_if_absent(&key, def).await? {
             return Ok(true);
         }
-        let existing = self.frame(&def.hive, &def.box_name, &def.name).await?;
+        let existing = self.frame(&def.frame).await?;
         if existing.same_shape(def) {
             Ok(false)
         } else {
             Err(Error::already_exists(format!(
                 "frame already exists with a different schema: {}",
-                def.full_name()
+                def.frame
             )))
         }
     }
 
-    pub async fn drop_frame(&self, h: &str, b: &str, f: &str) -> Result<FrameDef> {
-        let def = self.frame(h, b, f).await?;
-        self.meadow.delete(&frame_key(h, b, f)).await?;
+    pub async fn drop_frame(&self, frame: &FrameRef) -> Result<FrameDef> {
+        let def = self.frame(frame).await?;
+        self.meadow.delete(&frame_key(frame)).await?;
         Ok(def)
     }
 
@@ -238,14 +254,11 @@ impl Registry {
     }
 
     /// A frame's definition, or the most precise `NotFound` (hive, box or frame).
-    pub async fn frame(&self, h: &str, b: &str, f: &str) -> Result<FrameDef> {
-        if let Some(v) = self
-            .meadow
-            .get_json::<FrameDef>(&frame_key(h, b, f))
-            .await?
-        {
+    pub async fn frame(&self, frame: &FrameRef) -> Result<FrameDef> {
+        if let Some(v) = self.meadow.get_json::<FrameDef>(&frame_key(frame)).await? {
             return Ok(v.value);
         }
+        let [h, b, f] = frame.parts();
         self.require_box(h, b).await?;
         let mut msg = format!("frame not found: {h}.{b}.{f}");
         // Unquoted SQL names are folded to lower case; point at a frame that differs only in case.
@@ -264,14 +277,16 @@ impl Registry {
 
     pub async fn list_hives(&self) -> Result<Vec<String>> {
         Ok(strip_json(
-            self.meadow.list_names(&format!("{ROOT}/hives")).await?,
+            self.meadow.list_names(&Dir::Hives.to_string()).await?,
         ))
     }
 
     pub async fn list_boxes(&self, h: &str) -> Result<Vec<String>> {
         self.require_hive(h).await?;
         Ok(strip_json(
-            self.meadow.list_names(&format!("{ROOT}/boxes/{h}")).await?,
+            self.meadow
+                .list_names(&Dir::Boxes(h.into()).to_string())
+                .await?,
         ))
     }
 
@@ -279,7 +294,13 @@ impl Registry {
         self.require_box(h, b).await?;
         Ok(strip_json(
             self.meadow
-                .list_names(&format!("{ROOT}/frames/{h}/{b}"))
+                .list_names(
+                    &Dir::Frames {
+                        hive: h.into(),
+                        box_name: b.into(),
+                    }
+                    .to_string(),
+                )
                 .await?,
         ))
     }

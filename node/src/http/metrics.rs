@@ -79,7 +79,10 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
         cumulative
     );
     let bees = st.apiary.bee_status();
-    let busy = bees.iter().filter(|b| b.state == "busy").count();
+    let busy = bees
+        .iter()
+        .filter(|b| b.state == crate::bees::BeeState::Busy)
+        .count();
     let used: u64 = bees.iter().map(|b| b.memory_used).sum();
     metric(
         &mut out,
@@ -173,7 +176,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
             &[("", c.stages_shared as f64)],
         );
     }
-    if let Ok(ing) = crate::ingest::read_status(&st.apiary.config().node.state_dir) {
+    if let Some(ing) = st.ingest.as_ref().map(|i| i.status()) {
         for (name, kind, help, v) in [
             (
                 "apiary_ingest_received_total",

@@ -48,6 +48,8 @@ const STREAM_BUFFER: usize = 2;
 
 struct AppState {
     apiary: Arc<Apiary>,
+    /// The ingestion running beside this server, if any.
+    ingest: Option<crate::ingest::IngestMonitor>,
     token_digest: [u8; 32],
     metrics: Metrics,
 }
@@ -70,10 +72,13 @@ impl Server {
         format!("{scheme}://{}", self.addr)
     }
 
-    /// Stop accepting connections.
-    pub async fn shutdown(self) {
+    /// Stop accepting connections (by `deadline`).
+    pub async fn shutdown(self, deadline: tokio::time::Instant) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
     }
 }
 
@@ -113,7 +118,11 @@ pub fn token(config: &HttpConfig, state_dir: &Path) -> Result<String> {
 }
 
 /// Bind and serve until `shutdown`.
-pub async fn serve(apiary: Arc<Apiary>, config: &HttpConfig) -> Result<Server> {
+pub async fn serve(
+    apiary: Arc<Apiary>,
+    config: &HttpConfig,
+    ingest: Option<crate::ingest::IngestMonitor>,
+) -> Result<Server> {
     let token = token(config, &apiary.config().node.state_dir)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
@@ -130,6 +139,7 @@ pub async fn serve(apiary: Arc<Apiary>, config: &HttpConfig) -> Result<Server> {
     let addr = listener.local_addr()?;
     let state = Arc::new(AppState {
         apiary,
+        ingest,
         token_digest: Sha256::digest(token.as_bytes()).into(),
         metrics: Metrics::default(),
     });
@@ -331,7 +341,7 @@ fn status_code(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::InvalidInput | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
-        ErrorKind::Busy | ErrorKind::ResourcesExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Busy { .. } | ErrorKind::ResourcesExhausted => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Storage => StatusCode::BAD_GATEWAY,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -343,7 +353,7 @@ impl IntoResponse for ApiError {
         let e = self.0;
         let body = serde_json::json!({"error": e.kind.name(), "message": e.message});
         let mut resp = (status_code(e.kind), axum::Json(body)).into_response();
-        if let Some(ms) = e.retry_after_ms {
+        if let Some(ms) = e.retry_after_ms() {
             let secs = ms.div_ceil(1000).max(1);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -379,8 +389,8 @@ async fn frames(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
 }
 
 async fn ingest(State(st): State<Arc<AppState>>) -> ApiResult<Response> {
-    let dir = &st.apiary.config().node.state_dir;
-    json(&crate::ingest::read_status(dir)?)
+    let ingest = st.ingest.as_ref().ok_or_else(crate::ingest::not_running)?;
+    json(&ingest.status())
 }
 
 async fn udf_list(State(st): State<Arc<AppState>>) -> ApiResult<Response> {

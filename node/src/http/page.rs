@@ -17,10 +17,13 @@ pub async fn page(State(st): State<Arc<AppState>>) -> ApiResult<Html<String>> {
     let status = ap.status();
     let colony = ap.colony_status();
     let bees = ap.bee_status();
-    let busy = bees.iter().filter(|b| b.state == "busy").count();
+    let busy = bees
+        .iter()
+        .filter(|b| b.state == crate::bees::BeeState::Busy)
+        .count();
     let swarm = ap.swarm_status().await?;
     let frames = ap.frame_list().await?;
-    let ingest = crate::ingest::read_status(&ap.config().node.state_dir).ok();
+    let ingest = st.ingest.as_ref().map(|i| i.status());
     let uptime = ap.started_at().elapsed().map(|d| d.as_secs()).unwrap_or(0);
 
     let mut h = String::with_capacity(4096);

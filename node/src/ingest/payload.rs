@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::route::Route;
 use super::wal::Record;
 use crate::config::PayloadFormat;
+use crate::frames::{Column, ColumnType};
 
 pub type Row = Map<String, Value>;
 
@@ -277,33 +278,33 @@ pub fn decode_each(
 
 /// Column types for a frame made from the first messages: JSON's own types, text for
 /// topic columns, a timestamp for the receive time.
-pub fn infer_columns(route: &Route, rows: &[Row]) -> Result<Vec<(String, &'static str)>, String> {
+pub fn infer_columns(route: &Route, rows: &[Row]) -> Result<Vec<Column>, String> {
     let schema = arrow::json::reader::infer_json_schema_from_iterator(
         rows.iter().map(|r| Ok(Value::Object(r.clone()))),
     )
     .map_err(|e| e.to_string())?;
-    let mut cols: Vec<(String, &'static str)> = schema
+    let mut cols: Vec<Column> = schema
         .fields()
         .iter()
         .map(|f| {
             let name = f.name().clone();
             let influx_time = route.format == PayloadFormat::Influx && name == "time";
             let t = if route.received_at.as_deref() == Some(name.as_str()) || influx_time {
-                "timestamp"
+                ColumnType::Timestamp
             } else if route.columns.contains_key(&name) {
-                "utf8"
+                ColumnType::Utf8
             } else {
                 match f.data_type() {
-                    DataType::Int64 => "int64",
-                    DataType::Float64 => "float64",
-                    DataType::Boolean => "boolean",
-                    _ => "utf8",
+                    DataType::Int64 => ColumnType::Int64,
+                    DataType::Float64 => ColumnType::Float64,
+                    DataType::Boolean => ColumnType::Boolean,
+                    _ => ColumnType::Utf8,
                 }
             };
-            (name, t)
+            Column::of(&name, t)
         })
         .collect();
-    cols.sort_by_key(|(n, _)| route.received_at.as_deref() == Some(n.as_str()));
+    cols.sort_by_key(|c| route.received_at.as_deref() == Some(c.name.as_str()));
     if cols.is_empty() {
         return Err("cannot infer columns from empty objects".into());
     }
@@ -311,12 +312,12 @@ pub fn infer_columns(route: &Route, rows: &[Row]) -> Result<Vec<(String, &'stati
 }
 
 /// The schema of a rejects frame.
-pub fn rejects_columns() -> Vec<(&'static str, &'static str)> {
+pub fn rejects_columns() -> Vec<Column> {
     vec![
-        ("topic", "utf8"),
-        ("payload", "binary"),
-        ("error", "utf8"),
-        ("received_at", "timestamp"),
+        Column::of("topic", ColumnType::Utf8),
+        Column::of("payload", ColumnType::Binary),
+        Column::of("error", ColumnType::Utf8),
+        Column::of("received_at", ColumnType::Timestamp),
     ]
 }
 
@@ -474,7 +475,7 @@ mod tests {
         assert_eq!(two.len(), 2);
         let cols = infer_columns(&r, &two).unwrap();
         assert!(
-            cols.contains(&("time".to_string(), "timestamp")),
+            cols.contains(&Column::of("time", ColumnType::Timestamp)),
             "{cols:?}"
         );
     }

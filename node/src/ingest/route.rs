@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{PayloadFormat, RouteConfig};
 use crate::error::{Error, Result};
-use crate::frames::registry::validate_name;
+use crate::names::FrameRef;
 
 /// The default route: `apiary/<hive>/<box>/<frame>`, JSON, frames made on first sight.
 pub const DEFAULT_FILTER: &str = "apiary/+/+/+";
@@ -16,7 +16,7 @@ pub struct Route {
     pub name: String,
     pub filter: String,
     /// `None`: the frame comes from the topic (`apiary/<hive>/<box>/<frame>`).
-    pub frame: Option<(String, String, String)>,
+    pub frame: Option<FrameRef>,
     pub format: PayloadFormat,
     /// column → topic level index
     pub columns: BTreeMap<String, usize>,
@@ -38,16 +38,7 @@ impl Route {
     pub fn from_config(i: usize, c: &RouteConfig) -> Result<Route> {
         let ctx = |e: Error| e.context(format!("ingest route {} ({})", i + 1, c.topic));
         validate_filter(&c.topic).map_err(ctx)?;
-        let parts: Vec<&str> = c.frame.split('.').collect();
-        let [h, b, f] = parts.as_slice() else {
-            return Err(ctx(Error::invalid(format!(
-                "frame {:?} must be hive.box.frame",
-                c.frame
-            ))));
-        };
-        for (what, n) in [("hive", h), ("box", b), ("frame", f)] {
-            validate_name(what, n).map_err(ctx)?;
-        }
+        let frame: FrameRef = c.frame.parse().map_err(ctx)?;
         let mut columns = BTreeMap::new();
         for (col, spec) in &c.columns {
             let level = spec
@@ -64,7 +55,7 @@ impl Route {
         Ok(Route {
             name: format!("route{}", i + 1),
             filter: c.topic.clone(),
-            frame: Some((h.to_string(), b.to_string(), f.to_string())),
+            frame: Some(frame),
             format: c.format,
             columns,
             received_at: c.received_at.clone(),
@@ -72,18 +63,13 @@ impl Route {
     }
 
     /// The frame a topic's message goes to; `Err` names why the topic cannot be stored.
-    pub fn frame_for(&self, topic: &str) -> Result<(String, String, String)> {
+    pub fn frame_for(&self, topic: &str) -> Result<FrameRef> {
         if let Some(f) = &self.frame {
             return Ok(f.clone());
         }
         let levels: Vec<&str> = topic.split('/').collect();
         match levels.as_slice() {
-            ["apiary", h, b, f] => {
-                validate_name("hive", h)?;
-                validate_name("box", b)?;
-                validate_name("frame", f)?;
-                Ok((h.to_string(), b.to_string(), f.to_string()))
-            }
+            ["apiary", h, b, f] => FrameRef::new(h, b, f),
             _ => Err(Error::invalid(format!(
                 "topic {topic} is not apiary/<hive>/<box>/<frame>"
             ))),
@@ -150,7 +136,7 @@ mod tests {
         let r = Route::default_route();
         assert_eq!(
             r.frame_for("apiary/farm/s/t").unwrap(),
-            ("farm".into(), "s".into(), "t".into())
+            "farm.s.t".parse().unwrap()
         );
         assert!(r.frame_for("apiary/bad name/s/t").is_err());
     }

@@ -5,11 +5,12 @@
 //! Each change of holder bumps the lease's epoch, so a holder can tell it lost the lease
 //! in between even if it got it back.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{FORMAT_VERSION, Meadow, encode_json};
+use crate::clock::now_ms;
 use crate::error::{ErrorKind, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,15 +25,8 @@ pub struct Lease {
     pub epoch: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn path(name: &str) -> String {
-    format!("_apiary/leases/{name}.json")
+    crate::layout::Key::Lease(name.into()).to_string()
 }
 
 /// The lease as stored, if any.

@@ -383,7 +383,8 @@ impl Meadow {
     /// lets both win (or cannot do conditional writes at all) would corrupt Delta commits, so it
     /// is refused here with the reason.
     pub async fn probe_conditional_writes(&self) -> Result<()> {
-        let rel = format!("_apiary/probe/{}", uuid::Uuid::new_v4());
+        let id = format!("p-{}", uuid::Uuid::new_v4().simple());
+        let rel = crate::layout::Key::Probe(id).to_string();
         let (a, b) = tokio::join!(
             self.put_if_absent(&rel, Bytes::from_static(b"a")),
             self.put_if_absent(&rel, Bytes::from_static(b"b"))
@@ -400,14 +401,16 @@ impl Meadow {
                 self.root_url
             ))),
             (Err(e), _) | (_, Err(e)) => {
-                if e.kind == ErrorKind::Storage
-                    && e.message.to_lowercase().contains("not")
-                    && e.message.to_lowercase().contains("implemented")
-                {
+                // A store that takes a plain write of the same object refuses only the
+                // condition (S3-compatible stores answer 501 Not Implemented, or worse).
+                let plain = self.put(&rel, Bytes::from_static(b"p")).await;
+                let _ = self.delete(&rel).await;
+                if e.kind == ErrorKind::Unsupported || plain.is_ok() {
                     Err(Error::unsupported(format!(
                         "meadow {} refused a conditional write ({}). {fix}",
                         self.root_url, e.message
-                    )))
+                    ))
+                    .with_source(e))
                 } else {
                     Err(e.context(format!("cannot use meadow {}", self.root_url)))
                 }

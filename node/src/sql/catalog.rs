@@ -15,8 +15,10 @@ use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 
-/// hive, box, frame, and the version for time travel (`None`: latest).
-pub type TableKey = (String, String, String, Option<i64>);
+use crate::names::{FrameAt, FrameRef};
+
+/// A frame and the version for time travel (`None`: latest).
+pub type TableKey = FrameAt;
 
 /// The frames bound for the statement being planned.
 #[derive(Debug, Default)]
@@ -70,7 +72,7 @@ impl CatalogProviderList for HiveList {
     }
 
     fn catalog_names(&self) -> Vec<String> {
-        self.bound.names(|k| Some(k.0.clone()))
+        self.bound.names(|k| Some(k.frame.hive.clone()))
     }
 
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
@@ -90,7 +92,7 @@ struct HiveCatalog {
 impl CatalogProvider for HiveCatalog {
     fn schema_names(&self) -> Vec<String> {
         self.bound
-            .names(|k| (k.0 == self.hive).then(|| k.1.clone()))
+            .names(|k| (k.frame.hive == self.hive).then(|| k.frame.box_name.clone()))
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
@@ -111,20 +113,22 @@ struct BoxSchema {
 
 impl BoxSchema {
     fn key(&self, frame: &str) -> TableKey {
-        (
-            self.hive.clone(),
-            self.name.clone(),
-            frame.to_string(),
-            None,
-        )
+        FrameRef {
+            hive: self.hive.clone(),
+            box_name: self.name.clone(),
+            frame: frame.to_string(),
+        }
+        .at(None)
     }
 }
 
 #[async_trait]
 impl SchemaProvider for BoxSchema {
     fn table_names(&self) -> Vec<String> {
-        self.bound
-            .names(|k| (k.0 == self.hive && k.1 == self.name).then(|| k.2.clone()))
+        self.bound.names(|k| {
+            (k.frame.hive == self.hive && k.frame.box_name == self.name)
+                .then(|| k.frame.frame.clone())
+        })
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
@@ -139,13 +143,13 @@ impl SchemaProvider for BoxSchema {
 /// `frame_at('hive.box.frame', version)`: a frame as it was at a Delta version. The SQL layer
 /// rewrites `h.b.f VERSION AS OF n` into this and binds the version before planning.
 #[derive(Debug)]
-pub struct FrameAt {
+pub struct FrameAtFunction {
     pub bound: Arc<Bound>,
 }
 
 pub const FRAME_AT: &str = "frame_at";
 
-impl TableFunctionImpl for FrameAt {
+impl TableFunctionImpl for FrameAtFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
         let usage = || {
             DataFusionError::Plan(
@@ -167,11 +171,10 @@ impl TableFunctionImpl for FrameAt {
             }
             _ => return Err(usage()),
         };
-        let parts: Vec<&str> = name.split('.').collect();
-        let [h, b, f] = parts.as_slice() else {
-            return Err(usage());
-        };
-        let key = (h.to_string(), b.to_string(), f.to_string(), Some(version));
+        let key = name
+            .parse::<FrameRef>()
+            .map_err(|_| usage())?
+            .at(Some(version));
         self.bound.get(&key).ok_or_else(|| {
             DataFusionError::Plan(format!("frame_at: {name} version {version} was not bound"))
         })

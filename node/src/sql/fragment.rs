@@ -39,14 +39,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::frames::{Cell, Frames};
+use crate::names::FrameRef;
 
 /// A scan of a frame at a version, as another node can repeat it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanSpec {
-    pub hive: String,
-    #[serde(rename = "box")]
-    pub box_name: String,
-    pub frame: String,
+    #[serde(flatten)]
+    pub frame: FrameRef,
     pub version: i64,
     pub projection: Option<Vec<usize>>,
     /// Filters handed to the scan, as `datafusion-proto` expressions (base64).
@@ -54,18 +53,10 @@ pub struct ScanSpec {
     pub limit: Option<usize>,
 }
 
-impl ScanSpec {
-    pub fn full_name(&self) -> String {
-        format!("{}.{}.{}", self.hive, self.box_name, self.frame)
-    }
-}
-
 /// A frame as DataFusion sees it: the Delta table, whose scans become [`CellScan`]s.
 #[derive(Debug)]
 pub struct FrameTable {
-    pub hive: String,
-    pub box_name: String,
-    pub frame: String,
+    pub frame: FrameRef,
     pub version: i64,
     /// Every cell of the frame at `version`.
     pub cells: Arc<Vec<Cell>>,
@@ -121,8 +112,6 @@ impl TableProvider for FrameTable {
         Ok(Arc::new(CellScan {
             shareable: encoded.is_some(),
             spec: ScanSpec {
-                hive: self.hive.clone(),
-                box_name: self.box_name.clone(),
                 frame: self.frame.clone(),
                 version: self.version,
                 projection: projection.cloned(),
@@ -180,7 +169,7 @@ impl DisplayAs for CellScan {
         write!(
             f,
             "CellScan: {} v{}, {} cells",
-            self.spec.full_name(),
+            self.spec.frame,
             self.spec.version,
             self.cells.len()
         )
@@ -450,15 +439,11 @@ pub async fn scan(
 ) -> Result<Arc<dyn ExecutionPlan>> {
     // Usually the version is the latest, which this node keeps (and brings forward from
     // the log's newest entries); an older one is loaded from the log.
-    let latest = frames
-        .open(&spec.hive, &spec.box_name, &spec.frame, None)
-        .await?;
+    let latest = frames.open(&spec.frame, None).await?;
     let frame = if latest.version() == spec.version {
         latest
     } else {
-        frames
-            .open(&spec.hive, &spec.box_name, &spec.frame, Some(spec.version))
-            .await?
+        frames.open(&spec.frame, Some(spec.version)).await?
     };
     frame.table.update_datafusion_session(state)?;
     let provider = frame

@@ -4,72 +4,36 @@
 mod catalog;
 pub mod fragment;
 mod join_order;
+mod plan;
+mod result;
 pub mod statement;
+mod time_travel;
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use datafusion::common::TableReference;
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow::datatypes::{Field, Schema};
 use datafusion::config::Dialect;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::context::SQLOptions;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::tokenizer::{Token, Word};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use self::catalog::{Bound, FRAME_AT, FrameAt, HiveList, TableKey};
+use self::catalog::{Bound, FRAME_AT, FrameAtFunction, HiveList};
+use self::plan::log_spill;
+use self::result::describe;
+pub use self::result::{Output, QueryResult};
 use self::statement::{Name, Statement};
+use self::time_travel::rewrite_time_travel;
 use crate::bees::{BeePool, Chamber};
 use crate::error::{Error, ErrorKind, Result};
+use crate::frames::WriteMode;
 use crate::frames::{FrameDef, Frames, WriteCtx};
+use crate::names::FrameRef;
 use crate::udf::Udfs;
-
-/// The result of one statement: a schema and its batches (none for DDL).
-#[derive(Debug, Clone)]
-pub struct QueryResult {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-    /// Bytes the query's operators spilled to the chamber's scratch dir.
-    pub spilled_bytes: u64,
-}
-
-impl QueryResult {
-    fn empty() -> Self {
-        QueryResult {
-            schema: Arc::new(Schema::empty()),
-            batches: vec![],
-            spilled_bytes: 0,
-        }
-    }
-
-    fn single(columns: Vec<(&str, ArrayRef)>) -> Result<Self> {
-        let fields: Vec<Field> = columns
-            .iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-            .collect();
-        let schema = Arc::new(Schema::new(fields));
-        let batch =
-            RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect())?;
-        Ok(QueryResult {
-            schema,
-            batches: vec![batch],
-            spilled_bytes: 0,
-        })
-    }
-
-    fn names(column: &str, names: Vec<String>) -> Result<Self> {
-        Self::single(vec![(column, Arc::new(StringArray::from(names)))])
-    }
-
-    pub fn num_rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
-    }
-}
 
 /// What shares a query's work with other nodes (the swarm). Given a physical plan, it
 /// returns the plan to run: the same, or with stages ([`fragment::stages`]) replaced by nodes
@@ -88,34 +52,13 @@ pub trait Distribute: Send + Sync + std::fmt::Debug {
     async fn finish(&self, plan: &Arc<dyn ExecutionPlan>);
 }
 
-/// One piece of a streamed result (`Session::run_streamed`).
-#[derive(Debug)]
-pub enum Output {
-    Schema(SchemaRef),
-    Batch(RecordBatch),
-}
-
 /// The query of `EXPLAIN <query>` (not `EXPLAIN ANALYZE`/`VERBOSE`, which DataFusion runs).
-fn explained(sql: &str) -> Option<&str> {
+pub(super) fn explained(sql: &str) -> Option<&str> {
     let t = sql.trim_start();
     let rest = t.get(..8).filter(|p| p.eq_ignore_ascii_case("explain "))?;
     let inner = t[rest.len()..].trim_start();
     let word = inner.split_whitespace().next()?.to_ascii_lowercase();
     (!matches!(word.as_str(), "analyze" | "verbose" | "format")).then_some(inner)
-}
-
-/// The bytes a finished plan spilled to the chamber's scratch dir (logged when any).
-fn log_spill(chamber: &Chamber<'_>, physical: &dyn ExecutionPlan) -> u64 {
-    let spilled = spilled_bytes(physical);
-    if spilled > 0 {
-        tracing::info!(
-            bee = %chamber.bee_id(),
-            spilled_bytes = spilled,
-            scratch = %chamber.scratch().display(),
-            "query spilled to the bee's scratch dir"
-        );
-    }
-    spilled as u64
 }
 
 /// A SQL session: the current hive and box (`USE`) persist across its statements. Each
@@ -164,7 +107,7 @@ impl Session {
         }));
         ctx.register_udtf(
             FRAME_AT,
-            Arc::new(FrameAt {
+            Arc::new(FrameAtFunction {
                 bound: bound.clone(),
             }),
         );
@@ -232,7 +175,11 @@ impl Session {
                     while p.len() < 3 {
                         p.insert(0, "_".into());
                     }
-                    Ok((p[0].clone(), p[1].clone(), p[2].clone()))
+                    Ok(FrameRef {
+                        hive: p[0].clone(),
+                        box_name: p[1].clone(),
+                        frame: p[2].clone(),
+                    })
                 })?;
                 self.ctx.state().sql_to_statement(&q, &Dialect::Generic)?;
             }
@@ -379,10 +326,7 @@ impl Session {
                 };
                 QueryResult::names("frame", self.frames.registry().list_frames(&h, &b).await?)
             }
-            Statement::Describe(name) => {
-                let (h, b, f) = self.resolve(&name)?;
-                describe(&self.frames.info(&h, &b, &f).await?)
-            }
+            Statement::Describe(name) => describe(&self.frames.info(&self.resolve(&name)?).await?),
             Statement::CreateHive {
                 name,
                 if_not_exists,
@@ -414,19 +358,18 @@ impl Session {
                 partition_by,
                 if_not_exists,
             } => {
-                let (h, b, f) = self.resolve(&name)?;
-                let def = FrameDef::new(&h, &b, &f, columns, partition_by)?;
+                let frame = self.resolve(&name)?;
+                let def = FrameDef::new(&frame, columns, partition_by)?;
                 let created = self.frames.create_frame(&def).await?;
                 if !created && !if_not_exists {
                     return Err(Error::already_exists(format!(
-                        "frame already exists: {h}.{b}.{f}"
+                        "frame already exists: {frame}"
                     )));
                 }
                 Ok(QueryResult::empty())
             }
             Statement::DropFrame { name, if_exists } => {
-                let (h, b, f) = self.resolve(&name)?;
-                match self.frames.drop_frame(&h, &b, &f).await {
+                match self.frames.drop_frame(&self.resolve(&name)?).await {
                     Err(e) if e.kind == ErrorKind::NotFound && if_exists => {
                         Ok(QueryResult::empty())
                     }
@@ -511,7 +454,7 @@ impl Session {
     }
 
     /// Complete a frame name with the current hive and box.
-    pub fn resolve(&self, name: &[String]) -> Result<(String, String, String)> {
+    pub fn resolve(&self, name: &[String]) -> Result<FrameRef> {
         let missing = |what: &str| {
             Error::invalid(format!(
                 "frame name {} needs a {what}: write hive.box.frame, or USE HIVE and USE BOX first",
@@ -519,202 +462,17 @@ impl Session {
             ))
         };
         match name {
-            [f] => Ok((
-                self.hive.clone().ok_or_else(|| missing("hive and box"))?,
-                self.box_name.clone().ok_or_else(|| missing("box"))?,
-                f.clone(),
-            )),
-            [b, f] => Ok((
-                self.hive.clone().ok_or_else(|| missing("hive"))?,
-                b.clone(),
-                f.clone(),
-            )),
-            [h, b, f] => Ok((h.clone(), b.clone(), f.clone())),
+            [f] => FrameRef::new(
+                self.hive
+                    .as_deref()
+                    .ok_or_else(|| missing("hive and box"))?,
+                self.box_name.as_deref().ok_or_else(|| missing("box"))?,
+                f,
+            ),
+            [b, f] => FrameRef::new(self.hive.as_deref().ok_or_else(|| missing("hive"))?, b, f),
+            [h, b, f] => FrameRef::new(h, b, f),
             _ => Err(Error::invalid(format!("bad frame name {}", name.join(".")))),
         }
-    }
-
-    /// Run a query through DataFusion in the chamber and collect its result.
-    async fn query(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
-        let (schema, physical, state) = self.plan(chamber, sql).await?;
-        let batches = datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await;
-        self.finish(&physical).await;
-        let batches = batches?;
-        Ok(QueryResult {
-            schema,
-            batches,
-            spilled_bytes: log_spill(chamber, physical.as_ref()),
-        })
-    }
-
-    /// Plan a query: rewrite time travel, bind frames and UDFs, and make the physical plan
-    /// that runs on the chamber's runtime.
-    async fn plan(
-        &mut self,
-        chamber: &Chamber<'_>,
-        sql: &str,
-    ) -> Result<(SchemaRef, Arc<dyn ExecutionPlan>, SessionState)> {
-        let Some(inner) = explained(sql) else {
-            let (schema, physical, state, _) = self.plan_query(chamber, sql).await?;
-            return Ok((schema, physical, state));
-        };
-        // DataFusion's EXPLAIN prints the plan before the swarm shares it: print ours.
-        let (_, physical, state, logical) = self.plan_query(chamber, inner).await?;
-        let logical = state.optimize(&logical)?;
-        let result = QueryResult::single(vec![
-            (
-                "plan_type",
-                Arc::new(StringArray::from(vec!["logical_plan", "physical_plan"])),
-            ),
-            (
-                "plan",
-                Arc::new(StringArray::from(vec![
-                    logical.display_indent().to_string(),
-                    datafusion::physical_plan::displayable(physical.as_ref())
-                        .indent(true)
-                        .to_string(),
-                ])),
-            ),
-        ])?;
-        let rows = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-            &[result.batches],
-            result.schema.clone(),
-            None,
-        )?;
-        Ok((result.schema, rows, state))
-    }
-
-    /// Plan a query (not an EXPLAIN): also its logical plan.
-    async fn plan_query(
-        &mut self,
-        chamber: &Chamber<'_>,
-        sql: &str,
-    ) -> Result<(
-        SchemaRef,
-        Arc<dyn ExecutionPlan>,
-        SessionState,
-        datafusion::logical_expr::LogicalPlan,
-    )> {
-        let (sql, versions) = rewrite_time_travel(sql, |parts| self.resolve(parts))?;
-        for (h, b, f, v) in versions {
-            self.bind((h, b, f, Some(v))).await?;
-        }
-        let mut state = self.state_in(chamber);
-        let stmt = state.sql_to_statement(&sql, &Dialect::Generic)?;
-        let udfs = self.register_udfs(&mut state, &stmt, chamber).await?;
-        let udtfs = state.table_functions();
-        for reference in state.resolve_table_references(&stmt)? {
-            if let TableReference::Bare { table } = &reference
-                && udtfs.contains_key(table.as_ref())
-            {
-                continue;
-            }
-            let parts: Vec<String> = reference.to_vec();
-            let (h, b, f) = self.resolve(&parts)?;
-            self.bind((h, b, f, None)).await?;
-        }
-        let plan = state.statement_to_plan(stmt).await?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .verify_plan(&plan)
-            .map_err(|e| Error::unsupported(e.strip_backtrace()))?;
-        let schema = Arc::new(plan.schema().as_arrow().clone());
-        let mut physical = state.create_physical_plan(&plan).await?;
-        if let Some(d) = &self.distribute {
-            physical = d.distribute(physical, &state, &udfs).await?;
-        }
-        Ok((schema, physical, state, plan))
-    }
-
-    /// Make the meadow's UDFs that the statement calls known to its planner, bound to the
-    /// chamber's memory pool and deadline. Their names.
-    async fn register_udfs(
-        &self,
-        state: &mut SessionState,
-        stmt: &datafusion::sql::parser::Statement,
-        chamber: &Chamber<'_>,
-    ) -> Result<Vec<String>> {
-        use datafusion::sql::sqlparser::ast::{Expr, ObjectNamePart, visit_expressions};
-        use std::ops::ControlFlow;
-        let datafusion::sql::parser::Statement::Statement(ast) = stmt else {
-            return Ok(vec![]);
-        };
-        let mut registered = Vec::new();
-        let mut names = std::collections::BTreeSet::new();
-        let _ = visit_expressions(ast.as_ref(), |e| {
-            if let Expr::Function(f) = e
-                && let [ObjectNamePart::Identifier(id)] = f.name.0.as_slice()
-            {
-                names.insert(match id.quote_style {
-                    Some(_) => id.value.clone(),
-                    None => id.value.to_ascii_lowercase(),
-                });
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        for name in names {
-            if state.scalar_functions().contains_key(&name)
-                || state.aggregate_functions().contains_key(&name)
-                || state.window_functions().contains_key(&name)
-            {
-                continue;
-            }
-            if let Some(manifest) = self.udfs.get(&name).await? {
-                self.register_udf(state, &manifest, chamber).await?;
-                registered.push(name);
-            }
-        }
-        Ok(registered)
-    }
-
-    /// A meadow UDF in `state`, bound to the chamber's memory pool and deadline.
-    async fn register_udf(
-        &self,
-        state: &mut SessionState,
-        manifest: &crate::udf::UdfManifest,
-        chamber: &Chamber<'_>,
-    ) -> Result<()> {
-        use datafusion::execution::FunctionRegistry;
-        let udf = self
-            .udfs
-            .scalar(
-                manifest,
-                chamber.runtime_env().memory_pool.clone(),
-                chamber.deadline(),
-            )
-            .await?;
-        state.register_udf(Arc::new(udf))?;
-        Ok(())
-    }
-
-    /// Load a frame (at a version) and make it visible to the planner.
-    async fn bind(&self, key: TableKey) -> Result<()> {
-        if self.bound.contains(&key) {
-            return Ok(());
-        }
-        let (h, b, f, v) = &key;
-        let frame = self.frames.open(h, b, f, *v).await?;
-        let cells = Arc::new(self.frames.cells(&frame)?);
-        frame.table.update_datafusion_session(&self.ctx.state())?;
-        // Scan settings (e.g. Parquet filter pushdown) follow the session's, as for any
-        // other DataFusion table; deltalake's own default pushes every filter into the
-        // Parquet reader, which costs more than it saves on the usual wide filters.
-        let provider = frame
-            .table
-            .table_provider()
-            .with_session(Arc::new(self.ctx.state()))
-            .await?;
-        let table = fragment::FrameTable {
-            hive: h.clone(),
-            box_name: b.clone(),
-            frame: f.clone(),
-            version: frame.version(),
-            cells,
-            inner: provider,
-        };
-        self.bound.insert(key, Arc::new(table));
-        Ok(())
     }
 
     async fn insert(
@@ -725,8 +483,8 @@ impl Session {
         source: &str,
         overwrite: bool,
     ) -> Result<QueryResult> {
-        let (h, b, f) = self.resolve(name)?;
-        let def = self.frames.registry().frame(&h, &b, &f).await?;
+        let frame = self.resolve(name)?;
+        let def = self.frames.registry().frame(&frame).await?;
         let rows = self.query(chamber, source).await?;
         let targets: Vec<String> = if columns.is_empty() {
             def.columns.iter().map(|c| c.name.clone()).collect()
@@ -735,7 +493,7 @@ impl Session {
         };
         if rows.schema.fields().len() != targets.len() {
             return Err(Error::invalid(format!(
-                "INSERT into {h}.{b}.{f}: {} values per row for {} columns ({})",
+                "INSERT into {frame}: {} values per row for {} columns ({})",
                 rows.schema.fields().len(),
                 targets.len(),
                 targets.join(", ")
@@ -758,149 +516,15 @@ impl Session {
             txn: None,
             session: Some(crate::frames::write_session(chamber.runtime_env())),
         };
-        let report = if overwrite {
-            self.frames.overwrite(&h, &b, &f, batches, ctx).await?
+        let mode = if overwrite {
+            WriteMode::Overwrite
         } else {
-            self.frames.append(&h, &b, &f, batches, ctx).await?
+            WriteMode::Append
         };
+        let report = self.frames.write(&frame, batches, mode, ctx).await?;
         QueryResult::single(vec![(
             "count",
             Arc::new(UInt64Array::from(vec![report.rows_written])),
         )])
     }
-}
-
-fn spilled_bytes(plan: &dyn ExecutionPlan) -> usize {
-    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0);
-    own + plan
-        .children()
-        .iter()
-        .map(|c| spilled_bytes(c.as_ref()))
-        .sum::<usize>()
-}
-
-fn describe(info: &crate::frames::FrameInfo) -> Result<QueryResult> {
-    let def = &info.def;
-    let n = def.columns.len();
-    let types: Vec<String> = def
-        .columns
-        .iter()
-        .map(|c| crate::frames::types::canonical(&c.type_name).map(str::to_string))
-        .collect::<Result<_>>()?;
-    QueryResult::single(vec![
-        (
-            "column_name",
-            Arc::new(StringArray::from_iter_values(
-                def.columns.iter().map(|c| &c.name),
-            )),
-        ),
-        ("data_type", Arc::new(StringArray::from(types))),
-        (
-            "partition",
-            Arc::new(BooleanArray::from_iter(
-                def.columns.iter().map(|c| Some(def.is_partition(&c.name))),
-            )),
-        ),
-        (
-            "cells",
-            Arc::new(UInt64Array::from(vec![info.cell_count; n])),
-        ),
-        ("rows", Arc::new(UInt64Array::from(vec![info.row_count; n]))),
-        (
-            "bytes",
-            Arc::new(UInt64Array::from(vec![info.total_bytes; n])),
-        ),
-        ("version", Arc::new(Int64Array::from(vec![info.version; n]))),
-    ])
-}
-
-/// `h.b.f VERSION AS OF n` becomes `frame_at('h.b.f', n)`, and names inside `frame_at`
-/// are completed with the current hive and box. Returns the versions to bind.
-type Resolved = (String, String, String);
-/// A frame at a version: hive, box, frame, version.
-type TableKeyAt = (String, String, String, i64);
-
-fn rewrite_time_travel(
-    sql: &str,
-    resolve: impl Fn(&[String]) -> Result<Resolved>,
-) -> Result<(String, Vec<TableKeyAt>)> {
-    let lower = sql.to_ascii_lowercase();
-    if !lower.contains("version") && !lower.contains(FRAME_AT) {
-        return Ok((sql.to_string(), Vec::new()));
-    }
-    let toks = statement::tokenize(sql)?;
-    let sig: Vec<usize> = (0..toks.len())
-        .filter(|&i| !matches!(toks[i], Token::Whitespace(_)))
-        .collect();
-    let word = |i: usize, kw: &str| matches!(&toks[i], Token::Word(Word { value, quote_style: None, .. }) if value.eq_ignore_ascii_case(kw));
-    let ident = |t: &Token| match t {
-        Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
-        Token::Word(w) => Some(w.value.to_ascii_lowercase()),
-        _ => None,
-    };
-    let number = |t: &Token| match t {
-        Token::Number(n, _) => n.parse::<i64>().ok(),
-        _ => None,
-    };
-    let mut out: Vec<String> = toks.iter().map(|t| t.to_string()).collect();
-    let mut versions = Vec::new();
-    let mut k = 0;
-    while k < sig.len() {
-        // name VERSION AS OF n
-        if k + 3 < sig.len()
-            && word(sig[k], "VERSION")
-            && word(sig[k + 1], "AS")
-            && word(sig[k + 2], "OF")
-        {
-            let version = number(&toks[sig[k + 3]])
-                .ok_or_else(|| Error::invalid("VERSION AS OF takes a whole number"))?;
-            // Walk back over `part(.part)*` before VERSION.
-            let mut first = k;
-            let mut parts = Vec::new();
-            loop {
-                if first == 0 {
-                    break;
-                }
-                let Some(p) = ident(&toks[sig[first - 1]]) else {
-                    break;
-                };
-                parts.insert(0, p);
-                first -= 1;
-                if first > 0 && toks[sig[first - 1]] == Token::Period {
-                    first -= 1;
-                } else {
-                    break;
-                }
-            }
-            if parts.is_empty() {
-                return Err(Error::invalid("VERSION AS OF must follow a frame name"));
-            }
-            let (h, b, f) = resolve(&parts)?;
-            for slot in &mut out[sig[first]..=sig[k + 3]] {
-                slot.clear();
-            }
-            out[sig[first]] = format!("{FRAME_AT}('{h}.{b}.{f}', {version})");
-            versions.push((h, b, f, version));
-            k += 4;
-            continue;
-        }
-        // frame_at('name', n)
-        if k + 5 < sig.len()
-            && word(sig[k], FRAME_AT)
-            && toks[sig[k + 1]] == Token::LParen
-            && toks[sig[k + 3]] == Token::Comma
-            && toks[sig[k + 5]] == Token::RParen
-            && let Token::SingleQuotedString(name) = &toks[sig[k + 2]]
-            && let Some(version) = number(&toks[sig[k + 4]])
-        {
-            let parts: Vec<String> = name.split('.').map(str::to_string).collect();
-            let (h, b, f) = resolve(&parts)?;
-            out[sig[k + 2]] = format!("'{h}.{b}.{f}'");
-            versions.push((h, b, f, version));
-            k += 6;
-            continue;
-        }
-        k += 1;
-    }
-    Ok((out.concat(), versions))
 }

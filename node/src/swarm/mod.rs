@@ -10,35 +10,24 @@ pub mod world;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use self::world::{Heartbeat, NodeState, NodeView, World};
 use crate::bees::BeePool;
 use crate::cache::CellCache;
+use crate::clock::now_ms;
 use crate::config::SwarmConfig;
 use crate::error::Result;
 use crate::frames::Frames;
+use crate::layout::{self, Dir, Key};
 use crate::meadow::{FORMAT_VERSION, Meadow, MeadowKind, encode_json};
 use crate::sql::fragment::ScanSpec;
 use crate::udf::Udfs;
 
-/// Where distributed queries keep their objects.
-pub const QUERIES: &str = "_apiary/swarm/queries";
 const CLEANUP_LEASE: &str = "swarm-cleanup";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn query_path(query: &str, rest: &str) -> String {
-    format!("{QUERIES}/{query}/{rest}")
-}
 
 /// What a coordinator writes for one shared stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,8 +59,7 @@ struct TaskDoc {
 struct StatusDoc {
     format_version: u32,
     node: String,
-    /// claimed, done or failed
-    state: String,
+    state: TaskState,
     /// Result parts written (`results/<task>-<attempt>/<k>.arrow`).
     parts: u32,
     rows: u64,
@@ -79,12 +67,21 @@ struct StatusDoc {
     at_ms: u64,
 }
 
+/// Where an attempt of a swarm task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TaskState {
+    Claimed,
+    Done,
+    Failed,
+}
+
 impl StatusDoc {
-    fn new(node: &str, state: &str) -> StatusDoc {
+    fn new(node: &str, state: TaskState) -> StatusDoc {
         StatusDoc {
             format_version: FORMAT_VERSION,
             node: node.into(),
-            state: state.into(),
+            state,
             parts: 0,
             rows: 0,
             error: None,
@@ -158,7 +155,8 @@ struct Inner {
     started: std::sync::atomic::AtomicBool,
     world: tokio::sync::Mutex<World>,
     counters: Counters,
-    stop: watch::Sender<bool>,
+    /// Cancelled by `shutdown`: every loop ends at its next await.
+    cancel: CancellationToken,
     loops: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Query dirs without a manifest seen by the last chore (removed if still so next time).
     strays: Mutex<HashSet<String>>,
@@ -211,7 +209,7 @@ impl Swarm {
                 started: Default::default(),
                 world: Default::default(),
                 counters: Counters::default(),
-                stop: watch::channel(false).0,
+                cancel: CancellationToken::new(),
                 loops: Mutex::new(Vec::new()),
                 strays: Mutex::new(HashSet::new()),
                 listing: Mutex::new(None),
@@ -239,20 +237,25 @@ impl Swarm {
         self.inner.started.store(true, Ordering::SeqCst);
         let me = self.clone();
         let beats = tokio::spawn(async move {
-            let mut stop = me.inner.stop.subscribe();
+            let cancel = me.inner.cancel.clone();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(me.inner.interval) => {}
-                    _ = stop.changed() => return,
+                    _ = cancel.cancelled() => return,
                 }
+                // A beat is not cut short: a put cancelled mid-way could still land after
+                // shutdown removed the heartbeat.
                 if let Err(e) = me.beat(&mut seq).await {
                     tracing::warn!(error = %e, "heartbeat not written; trying again next interval");
                 }
                 // As often as a node can die: every `dead_after` beats.
-                if seq % u64::from(me.inner.config.dead_after) == 0
-                    && let Err(e) = me.chores().await
-                {
-                    tracing::warn!(error = %e, "swarm clean-up chore failed");
+                if seq % u64::from(me.inner.config.dead_after) == 0 {
+                    tokio::select! {
+                        done = me.chores() => if let Err(e) = done {
+                            tracing::warn!(error = %e, "swarm clean-up chore failed");
+                        },
+                        _ = cancel.cancelled() => return,
+                    }
                 }
             }
         });
@@ -272,17 +275,29 @@ impl Swarm {
     }
 
     /// Stop the loops and take this node's heartbeat out of the meadow, so the others see it
-    /// gone at once.
-    pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
+    /// gone at once; all by `deadline`. Loops still running shortly before it are aborted.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        self.inner.cancel.cancel();
         self.inner.started.store(false, Ordering::SeqCst);
         let loops: Vec<_> = std::mem::take(&mut *self.inner.loops.lock().expect("swarm loops"));
-        for l in loops {
-            let _ = l.await;
+        // Keep a little of the time for removing the heartbeat.
+        let reserve = deadline.saturating_duration_since(tokio::time::Instant::now()) / 4;
+        for mut l in loops {
+            if tokio::time::timeout_at(deadline - reserve, &mut l)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a swarm loop did not stop in time; aborting it");
+                l.abort();
+            }
         }
         let path = world::heartbeat_path(&self.inner.node_id);
-        if let Err(e) = self.inner.meadow.delete(&path).await {
-            tracing::warn!(error = %e, "could not remove this node's heartbeat");
+        match tokio::time::timeout_at(deadline, self.inner.meadow.delete(&path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove this node's heartbeat"),
+            Err(_) => {
+                tracing::warn!("removing this node's heartbeat ran past the shutdown deadline")
+            }
         }
     }
 
@@ -292,7 +307,10 @@ impl Swarm {
         let mut b = Heartbeat::new(&i.node_id, &i.name);
         b.interval_ms = i.interval.as_millis() as u64;
         b.bees = bees.len();
-        b.idle_bees = bees.iter().filter(|b| b.state == "idle").count();
+        b.idle_bees = bees
+            .iter()
+            .filter(|b| b.state == crate::bees::BeeState::Idle)
+            .count();
         b.memory_budget = bees.iter().map(|b| b.memory_budget).sum();
         b.memory_used = bees.iter().map(|b| b.memory_used).sum();
         b.temperature = i.pool.temperature();
@@ -393,13 +411,10 @@ impl Swarm {
             .map(|(_, paths)| paths);
         let paths = match recent {
             Some(p) => p,
-            None => i.meadow.list_all(QUERIES).await?,
+            None => i.meadow.list_all(&Dir::Queries.to_string()).await?,
         };
         for path in paths {
-            if let Some(q) = path
-                .strip_prefix(QUERIES)
-                .and_then(|r| r.trim_start_matches('/').split('/').next())
-            {
+            if let Some(q) = layout::query_of(&path) {
                 by_query.entry(q.to_string()).or_default().push(path);
             }
         }
@@ -407,7 +422,7 @@ impl Swarm {
         for (query, paths) in by_query {
             let manifest = i
                 .meadow
-                .get_json::<Manifest>(&query_path(&query, "manifest.json"))
+                .get_json::<Manifest>(&Key::Manifest(query.clone()).to_string())
                 .await
                 .ok()
                 .flatten()
@@ -438,7 +453,7 @@ impl Swarm {
 
 /// Delete objects, the manifest last, so a half-deleted query is still recognisable.
 async fn delete_all(meadow: &Meadow, mut paths: Vec<String>) -> Result<()> {
-    paths.sort_by_key(|p| p.ends_with("manifest.json"));
+    paths.sort_by_key(|p| matches!(Key::parse(p), Some(Key::Manifest(_))));
     for p in paths {
         meadow.delete(&p).await?;
     }

@@ -3,15 +3,16 @@
 //! The polling interval shrinks when work is found and doubles while idle, up to a cap, so an
 //! idle swarm costs few requests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use arrow::ipc::writer::StreamWriter;
 use futures::StreamExt;
 
-use super::{Manifest, QUERIES, StatusDoc, Swarm, TaskDoc, query_path};
+use super::{Manifest, StatusDoc, Swarm, TaskDoc, TaskState};
 use crate::bees::Band;
 use crate::error::{Error, Result};
+use crate::layout::{Attempt, Dir, Key};
 use crate::meadow::encode_json;
 use crate::sql::Session;
 use crate::sql::fragment;
@@ -23,13 +24,18 @@ pub async fn forage(swarm: Swarm) {
     let cfg = &swarm.inner.config;
     let (min, max) = (cfg.forage_min.0, cfg.forage_max.0);
     let mut wait = min;
-    let mut stop = swarm.inner.stop.subscribe();
+    let cancel = swarm.inner.cancel.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+            _ = cancel.cancelled() => return,
         }
-        let found = match look(&swarm).await {
+        // A task cut short by shutdown is given out again by its coordinator.
+        let looked = tokio::select! {
+            looked = look(&swarm) => looked,
+            _ = cancel.cancelled() => return,
+        };
+        let found = match looked {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "looking for swarm tasks failed");
@@ -51,16 +57,6 @@ pub async fn forage(swarm: Swarm) {
     }
 }
 
-/// A task file name: `<task>-<attempt>-<node>.json`.
-fn parse_task(name: &str) -> Option<(u32, u32, &str)> {
-    let mut it = name.strip_suffix(".json")?.splitn(3, '-');
-    Some((
-        it.next()?.parse().ok()?,
-        it.next()?.parse().ok()?,
-        it.next()?,
-    ))
-}
-
 /// One look at the queries: claim and start what is ours. The number of tasks started.
 async fn look(swarm: &Swarm) -> Result<usize> {
     let i = &swarm.inner;
@@ -71,69 +67,74 @@ async fn look(swarm: &Swarm) -> Result<usize> {
         .pool
         .bee_status()
         .iter()
-        .filter(|b| b.state == "idle")
+        .filter(|b| b.state == crate::bees::BeeState::Idle)
         .count();
     if free == 0 {
         return Ok(0);
     }
-    let paths = i.meadow.list_all(QUERIES).await?;
+    let paths = i.meadow.list_all(&Dir::Queries.to_string()).await?;
     *i.listing.lock().expect("listing") = Some((std::time::Instant::now(), paths.clone()));
     let mut statuses = HashSet::new();
     let mut mine = Vec::new();
     // A task given out again: only its latest attempt is worth running.
-    let mut latest = std::collections::HashMap::new();
+    let mut latest = HashMap::new();
     for p in &paths {
-        let parts: Vec<&str> = p
-            .strip_prefix(QUERIES)
-            .unwrap_or(p)
-            .trim_matches('/')
-            .split('/')
-            .collect();
-        match parts.as_slice() {
-            [q, "status", s] => {
-                statuses.insert(format!("{q}/{}", s.trim_end_matches(".json")));
+        match Key::parse(p) {
+            Some(Key::Status { query, attempt }) => {
+                statuses.insert((query, attempt));
             }
-            [q, "tasks", t] => {
-                if let Some((n, a, node)) = parse_task(t) {
-                    let e = latest.entry(format!("{q}/{n}")).or_insert(a);
-                    *e = (*e).max(a);
-                    if node == i.node_id {
-                        mine.push((q.to_string(), n, a, p.clone()));
-                    }
+            Some(Key::Task {
+                query,
+                attempt,
+                node,
+            }) => {
+                let e = latest
+                    .entry((query.clone(), attempt.task))
+                    .or_insert(attempt.attempt);
+                *e = (*e).max(attempt.attempt);
+                if node == i.node_id {
+                    mine.push((query, attempt, p.clone()));
                 }
             }
             _ => {}
         }
     }
     let mut started = 0;
-    for (query, n, attempt, task_path) in mine {
+    for (query, attempt, task_path) in mine {
         if started == free
-            || statuses.contains(&format!("{query}/{n}-{attempt}"))
-            || latest.get(&format!("{query}/{n}")) != Some(&attempt)
+            || statuses.contains(&(query.clone(), attempt))
+            || latest.get(&(query.clone(), attempt.task)) != Some(&attempt.attempt)
         {
             continue;
         }
-        let status = query_path(&query, &format!("status/{n}-{attempt}.json"));
-        let claim = encode_json(&StatusDoc::new(&i.node_id, "claimed"))?;
+        let status = Key::Status {
+            query: query.clone(),
+            attempt,
+        }
+        .to_string();
+        let claim = encode_json(&StatusDoc::new(&i.node_id, TaskState::Claimed))?;
         if !i.meadow.put_if_absent(&status, claim).await? {
             continue; // claimed already
         }
         started += 1;
         let me = swarm.clone();
         tokio::spawn(async move {
-            let outcome = me.run_task(&query, n, attempt, &task_path).await;
-            let manifest = query_path(&query, "manifest.json");
+            let outcome = me.run_task(&query, attempt, &task_path).await;
+            let manifest = Key::Manifest(query.clone()).to_string();
             if !matches!(me.inner.meadow.get(&manifest).await, Ok(Some(_))) {
                 // The coordinator finished without us (it gave the task to another node, or
                 // gave up): take our result back out rather than leave it behind.
-                let results = query_path(&query, &format!("results/{n}-{attempt}"));
-                if let Ok(paths) = me.inner.meadow.list_all(&results).await {
+                let results = Dir::Results {
+                    query: query.clone(),
+                    attempt,
+                };
+                if let Ok(paths) = me.inner.meadow.list_all(&results.to_string()).await {
                     let _ = super::delete_all(&me.inner.meadow, paths).await;
                 }
                 let _ = me.inner.meadow.delete(&status).await;
                 return;
             }
-            let mut doc = StatusDoc::new(&me.inner.node_id, "done");
+            let mut doc = StatusDoc::new(&me.inner.node_id, TaskState::Done);
             match outcome {
                 Ok((parts, rows)) => {
                     doc.parts = parts;
@@ -141,8 +142,8 @@ async fn look(swarm: &Swarm) -> Result<usize> {
                     me.inner.counters.tasks_done.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    tracing::warn!(query = %query, task = n, attempt, error = %e, "swarm task failed");
-                    doc.state = "failed".into();
+                    tracing::warn!(query = %query, task = %attempt, error = %e, "swarm task failed");
+                    doc.state = TaskState::Failed;
                     doc.error = Some(e.to_string());
                     me.inner
                         .counters
@@ -153,7 +154,7 @@ async fn look(swarm: &Swarm) -> Result<usize> {
             match encode_json(&doc) {
                 Ok(body) => {
                     if let Err(e) = me.inner.meadow.put(&status, body).await {
-                        tracing::warn!(query = %query, task = n, error = %e, "swarm task status not written");
+                        tracing::warn!(query = %query, task = %attempt, error = %e, "swarm task status not written");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "swarm task status not encoded"),
@@ -165,18 +166,12 @@ async fn look(swarm: &Swarm) -> Result<usize> {
 
 impl Swarm {
     /// Run one claimed task: its result parts and row count.
-    async fn run_task(
-        &self,
-        query: &str,
-        n: u32,
-        attempt: u32,
-        task_path: &str,
-    ) -> Result<(u32, u64)> {
+    async fn run_task(&self, query: &str, attempt: Attempt, task_path: &str) -> Result<(u32, u64)> {
         let i = &self.inner;
         let missing = |what: &str| Error::not_found(format!("swarm query {query}: {what} is gone"));
         let manifest = i
             .meadow
-            .get_json::<Manifest>(&query_path(query, "manifest.json"))
+            .get_json::<Manifest>(&Key::Manifest(query.into()).to_string())
             .await?
             .ok_or_else(|| missing("manifest"))?
             .value;
@@ -188,7 +183,7 @@ impl Swarm {
             .value;
         let stage = i
             .meadow
-            .get(&query_path(query, "stage.bin"))
+            .get(&Key::Stage(query.into()).to_string())
             .await?
             .ok_or_else(|| missing("stage"))?
             .value;
@@ -198,9 +193,16 @@ impl Swarm {
             i.udfs.clone(),
             i.session_config.clone(),
         );
-        let results = query_path(query, &format!("results/{n}-{attempt}"));
+        let part = |part| {
+            Key::ResultPart {
+                query: query.into(),
+                attempt,
+                part,
+            }
+            .to_string()
+        };
         i.pool
-            .run(&format!("swarm task {query}/{n}"), async |chamber| {
+            .run(&format!("swarm task {query}/{attempt}"), async |chamber| {
                 let state = session.stage_state(chamber, &manifest.udfs).await?;
                 let scan = fragment::scan(&i.frames, &state, &manifest.scan, &task.cells).await?;
                 let ctx = state.task_ctx();
@@ -220,33 +222,16 @@ impl Swarm {
                             StreamWriter::try_new(Vec::new(), &schema)?,
                         )
                         .into_inner()?;
-                        i.meadow
-                            .put(&format!("{results}/{parts}.arrow"), body.into())
-                            .await?;
+                        i.meadow.put(&part(parts), body.into()).await?;
                         parts += 1;
                     }
                 }
                 writer.finish()?;
                 i.meadow
-                    .put(
-                        &format!("{results}/{parts}.arrow"),
-                        writer.into_inner()?.into(),
-                    )
+                    .put(&part(parts), writer.into_inner()?.into())
                     .await?;
                 Ok((parts + 1, rows))
             })
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_task;
-
-    #[test]
-    fn task_names_carry_task_attempt_and_node() {
-        assert_eq!(parse_task("3-2-node-ab12.json"), Some((3, 2, "node-ab12")));
-        assert_eq!(parse_task("x-2-node.json"), None);
-        assert_eq!(parse_task("3-2-node"), None);
     }
 }

@@ -13,10 +13,8 @@ use crate::cache::CacheSummary;
 use crate::error::Result;
 use crate::meadow::{FORMAT_VERSION, Meadow, decode_versioned_json};
 
-pub const NODES: &str = "_apiary/swarm/nodes";
-
 pub fn heartbeat_path(node_id: &str) -> String {
-    format!("{NODES}/{node_id}.json")
+    crate::layout::Key::Heartbeat(node_id.into()).to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,9 +130,11 @@ impl World {
         dead_after: u32,
         contents: bool,
     ) -> Result<Vec<NodeView>> {
-        let listed = meadow.list_meta(NODES).await?;
+        let listed = meadow
+            .list_meta(&crate::layout::Dir::Nodes.to_string())
+            .await?;
         let now = Instant::now();
-        let wall = chrono::Utc::now();
+        let wall = crate::clock::utc();
         let mut present = Vec::with_capacity(listed.len());
         for l in listed {
             let Some(id) = l.name.strip_suffix(".json") else {
@@ -255,7 +255,7 @@ mod tests {
         let mut world = World::default();
         // One writer's clock is decades behind, the other's a day ahead.
         let day = 86_400_000;
-        let ahead = chrono::Utc::now().timestamp_millis() as u64 + day;
+        let ahead = crate::clock::now_ms() + day;
         beat(&meadow, "behind", 1, 0).await;
         beat(&meadow, "ahead", 1, ahead).await;
         let nodes = world.refresh(&meadow, 3, 10, true).await.unwrap();

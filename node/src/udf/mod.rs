@@ -10,6 +10,7 @@ mod columns;
 mod host;
 mod scalar;
 
+use crate::layout::{Dir, Key};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +26,6 @@ use crate::meadow::{FORMAT_VERSION, Meadow};
 use columns::{parse_type, type_name};
 use host::Runtime;
 
-const DIR: &str = "_apiary/udfs";
 /// A UDF component bigger than this is refused on upload.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// Memory and time a component gets while it describes itself on upload.
@@ -75,11 +75,11 @@ pub fn check_name(name: &str) -> Result<String> {
 }
 
 fn manifest_path(name: &str) -> String {
-    format!("{DIR}/{name}.json")
+    Key::UdfManifest(name.into()).to_string()
 }
 
 fn wasm_path(sha256: &str) -> String {
-    format!("{DIR}/{sha256}.wasm")
+    Key::UdfModule(sha256.into()).to_string()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -141,7 +141,7 @@ impl Udfs {
             deterministic: signature.deterministic,
             sha256: sha256.clone(),
             size: wasm.len() as u64,
-            created: chrono::Utc::now().to_rfc3339(),
+            created: crate::clock::utc().to_rfc3339(),
         };
         self.meadow.put_if_absent(&wasm_path(&sha256), wasm).await?;
         let body = crate::meadow::encode_json(&manifest)?;
@@ -180,7 +180,7 @@ impl Udfs {
 
     pub async fn list(&self) -> Result<Vec<UdfManifest>> {
         let mut out = Vec::new();
-        for file in self.meadow.list_names(DIR).await? {
+        for file in self.meadow.list_names(&Dir::Udfs.to_string()).await? {
             if let Some(name) = file.strip_suffix(".json")
                 && let Some(m) = self.get(name).await?
             {

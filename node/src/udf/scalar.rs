@@ -130,7 +130,7 @@ impl WasmUdf {
             } else {
                 format!(
                     "its time limit of {} per batch (udf.timeout)",
-                    crate::config::Duration(self.timeout)
+                    crate::config::Period(self.timeout)
                 )
             };
             return self.fail(ErrorKind::Timeout, format!("stopped: it ran past {limit}"));

@@ -114,6 +114,11 @@ impl TestMeadow {
 }
 
 /// Run SQL in a fresh session and return the last statement's result.
+/// A frame's name from `hive.box.frame`.
+pub fn fr(name: &str) -> apiary::names::FrameRef {
+    name.parse().expect("a frame name")
+}
+
 pub async fn sql(apiary: &Apiary, sql: &str) -> QueryResult {
     match apiary.sql(sql).await {
         Ok(mut r) => r.pop().unwrap(),

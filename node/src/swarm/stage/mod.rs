@@ -28,9 +28,10 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::world::{NodeState, NodeView};
-use super::{Manifest, QUERIES, StatusDoc, Swarm, TaskDoc, delete_all, now_ms, query_path};
+use super::{Manifest, StatusDoc, Swarm, TaskDoc, TaskState, delete_all, now_ms};
 use crate::error::{Error, Result};
 use crate::frames::Cell;
+use crate::layout::{Attempt, Dir, Key};
 use crate::meadow::{FORMAT_VERSION, encode_json};
 use crate::sql::fragment::{self, ScanSpec, Stage};
 
@@ -112,7 +113,7 @@ async fn remove_query(swarm: &Swarm, query: &str, shared: &Shared) {
         return;
     }
     let meadow = &swarm.inner.meadow;
-    let dir = format!("{QUERIES}/{query}");
+    let dir = Dir::Query(query.to_string()).to_string();
     // A listing can fail while a worker replaces a file in it, and a worker may write
     // once more after it: look again until nothing is left.
     let mut last = None;
@@ -313,9 +314,7 @@ impl DisplayAs for SwarmExec {
         write!(
             f,
             "SwarmExec: {} v{} [{}]",
-            self.scan.full_name(),
-            self.scan.version,
-            self.chain
+            self.scan.frame, self.scan.version, self.chain
         )?;
         for t in &self.tasks {
             let bytes: u64 = t.cells.iter().map(|c| c.bytes).sum();
@@ -413,8 +412,12 @@ enum Answer {
 }
 
 impl Run {
-    fn path(&self, rest: &str) -> String {
-        query_path(&self.query_id, rest)
+    fn attempt_status(&self, task: u32, attempt: u32) -> String {
+        Key::Status {
+            query: self.query_id.clone(),
+            attempt: Attempt { task, attempt },
+        }
+        .to_string()
     }
 
     async fn task(&self, n: u32, task: Assigned, ctx: Arc<TaskContext>) -> DfResult<Batches> {
@@ -440,12 +443,17 @@ impl Run {
             }
             Answer::Parts { attempt, parts } => {
                 let meadow = self.swarm.inner.meadow.clone();
-                let prefix = self.path(&format!("results/{n}-{attempt}"));
+                let query = self.query_id.clone();
                 let schema = self.schema.clone();
                 Ok(futures::stream::iter(0..parts)
-                    .then(move |k| {
+                    .then(move |part| {
                         let meadow = meadow.clone();
-                        let path = format!("{prefix}/{k}.arrow");
+                        let path = Key::ResultPart {
+                            query: query.clone(),
+                            attempt: Attempt { task: n, attempt },
+                            part,
+                        }
+                        .to_string();
                         let schema = schema.clone();
                         async move { read_part(&meadow, &path, &schema).await.map_err(to_df) }
                     })
@@ -470,10 +478,16 @@ impl Run {
             udfs: self.udfs.clone(),
         };
         i.meadow
-            .put(&self.path("manifest.json"), encode_json(&manifest)?)
+            .put(
+                &Key::Manifest(self.query_id.clone()).to_string(),
+                encode_json(&manifest)?,
+            )
             .await?;
         i.meadow
-            .put(&self.path("stage.bin"), self.stage.clone())
+            .put(
+                &Key::Stage(self.query_id.clone()).to_string(),
+                self.stage.clone(),
+            )
             .await?;
         i.counters.stages_shared.fetch_add(1, Ordering::Relaxed);
         for (n, t) in self.tasks.iter().enumerate().filter(|(_, t)| !t.local) {
@@ -495,7 +509,12 @@ impl Run {
             .inner
             .meadow
             .put(
-                &self.path(&format!("tasks/{n}-{attempt}-{node}.json")),
+                &Key::Task {
+                    query: self.query_id.clone(),
+                    attempt: Attempt { task: n, attempt },
+                    node: node.into(),
+                }
+                .to_string(),
                 encode_json(&doc)?,
             )
             .await
@@ -517,17 +536,17 @@ impl Run {
         loop {
             let status = i
                 .meadow
-                .get_json::<StatusDoc>(&self.path(&format!("status/{n}-{attempt}.json")))
+                .get_json::<StatusDoc>(&self.attempt_status(n, attempt))
                 .await?
                 .map(|v| v.value);
             let why = match status {
-                Some(s) if s.state == "done" => {
+                Some(s) if s.state == TaskState::Done => {
                     return Ok(Answer::Parts {
                         attempt,
                         parts: s.parts,
                     });
                 }
-                Some(s) if s.state == "failed" => Some(format!(
+                Some(s) if s.state == TaskState::Failed => Some(format!(
                     "failed on {}: {}",
                     s.node,
                     s.error.unwrap_or_default()
@@ -609,96 +628,4 @@ fn to_df(e: Error) -> DataFusionError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cells(n: usize) -> Vec<Cell> {
-        (0..n)
-            .map(|i| Cell {
-                path: format!("part-{i:03}.parquet"),
-                bytes: 1000 + (i as u64 % 7),
-                key: format!("k{i}"),
-            })
-            .collect()
-    }
-
-    fn node(id: &str, weight: f64, cached: &[usize]) -> Candidate {
-        Candidate {
-            node: id.into(),
-            local: id == "here",
-            weight,
-            cached: cached.iter().map(|i| format!("k{i}")).collect(),
-        }
-    }
-
-    fn count(a: &[Assigned], id: &str) -> (usize, usize) {
-        a.iter()
-            .find(|t| t.node == id)
-            .map_or((0, 0), |t| (t.cells.len(), t.cached))
-    }
-
-    #[test]
-    fn cells_are_shared_by_weight_and_every_cell_once() {
-        let cs = cells(90);
-        let a = assign(
-            &cs,
-            &[
-                node("here", 1.0, &[]),
-                node("b", 2.0, &[]),
-                node("c", 0.0001, &[]),
-            ],
-        );
-        let mut all: Vec<&str> = a
-            .iter()
-            .flat_map(|t| t.cells.iter().map(|c| c.path.as_str()))
-            .collect();
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), 90, "each cell exactly once");
-        let (here, b) = (count(&a, "here").0, count(&a, "b").0);
-        assert!(
-            (28..=32).contains(&here) && (58..=62).contains(&b),
-            "{here} {b}"
-        );
-        assert_eq!(count(&a, "c").0, 0, "a hot node gets next to nothing");
-        // Deterministic.
-        let again = assign(
-            &cs,
-            &[
-                node("here", 1.0, &[]),
-                node("b", 2.0, &[]),
-                node("c", 0.0001, &[]),
-            ],
-        );
-        assert_eq!(format!("{a:?}"), format!("{again:?}"));
-    }
-
-    #[test]
-    fn cached_cells_go_to_their_holder_within_its_share() {
-        let cs = cells(90);
-        let held: Vec<usize> = (60..90).collect();
-        let a = assign(
-            &cs,
-            &[
-                node("here", 1.0, &[]),
-                node("b", 1.0, &held),
-                node("c", 1.0, &[]),
-            ],
-        );
-        assert_eq!(count(&a, "b"), (30, 30), "b gets exactly what it holds");
-        // Holding more than its share: it keeps what fits (a quarter above its share).
-        let held: Vec<usize> = (0..90).collect();
-        let a = assign(
-            &cs,
-            &[
-                node("here", 1.0, &[]),
-                node("b", 1.0, &held),
-                node("c", 1.0, &[]),
-            ],
-        );
-        let (b, cached) = count(&a, "b");
-        assert_eq!(b, cached);
-        assert!((30..=38).contains(&b), "{b}");
-        assert!(count(&a, "here").0 > 20 && count(&a, "c").0 > 20);
-    }
-}
+mod tests;

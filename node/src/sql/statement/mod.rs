@@ -59,6 +59,33 @@ pub enum Statement {
     Query(String),
 }
 
+impl Statement {
+    /// How the SQL reference (`docs/sql.md`) names the statement; `None` for DataFusion's own.
+    pub fn syntax(&self) -> Option<&'static str> {
+        Some(match self {
+            Statement::UseHive(_) => "USE HIVE",
+            Statement::UseBox(_) => "USE BOX",
+            Statement::ShowHives => "SHOW HIVES",
+            Statement::ShowBoxes(_) => "SHOW BOXES",
+            Statement::ShowFrames(_) => "SHOW FRAMES",
+            Statement::Describe(_) => "DESCRIBE",
+            Statement::CreateHive { .. } => "CREATE HIVE",
+            Statement::CreateBox { .. } => "CREATE BOX",
+            Statement::CreateFrame { .. } => "CREATE FRAME",
+            Statement::DropFrame { .. } => "DROP FRAME",
+            Statement::Insert {
+                overwrite: false, ..
+            } => "INSERT INTO",
+            Statement::Insert {
+                overwrite: true, ..
+            } => "INSERT OVERWRITE",
+            Statement::CreateFunction { .. } => "FUNCTION name AS",
+            Statement::DropFunction { .. } => "DROP FUNCTION",
+            Statement::Query(_) => return None,
+        })
+    }
+}
+
 pub fn tokenize(sql: &str) -> Result<Vec<Token>> {
     Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
@@ -377,10 +404,7 @@ fn parse_create(mut c: Cursor) -> Result<Statement> {
         if type_name.is_empty() {
             return Err(Error::invalid(format!("column {col} has no type")));
         }
-        columns.push(Column {
-            name: col,
-            type_name,
-        });
+        columns.push(Column::new(&col, &type_name)?);
         if c.token(&Token::Comma) {
             continue;
         }
@@ -492,164 +516,4 @@ fn parse_insert(sql: &str) -> Result<Statement> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn n(parts: &[&str]) -> Name {
-        parts.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn splits_at_top_level_semicolons_only() {
-        let s = split("USE HIVE h; SELECT 'a;b' -- c;d\n; ;SELECT \"x;y\" FROM t").unwrap();
-        assert_eq!(s.len(), 3, "{s:?}");
-        assert_eq!(s[1], "SELECT 'a;b' -- c;d");
-    }
-
-    #[test]
-    fn apiary_statements() {
-        assert_eq!(parse("use hive H").unwrap(), Statement::UseHive("h".into()));
-        assert_eq!(parse("USE \"H\"").unwrap(), Statement::UseHive("H".into()));
-        assert_eq!(
-            parse("USE SCHEMA h.b").unwrap(),
-            Statement::UseBox(n(&["h", "b"]))
-        );
-        assert_eq!(parse("SHOW DATABASES").unwrap(), Statement::ShowHives);
-        assert_eq!(
-            parse("SHOW BOXES IN h").unwrap(),
-            Statement::ShowBoxes(Some("h".into()))
-        );
-        assert_eq!(parse("show tables").unwrap(), Statement::ShowFrames(None));
-        assert_eq!(
-            parse("SHOW FRAMES FROM h.b").unwrap(),
-            Statement::ShowFrames(Some(n(&["h", "b"])))
-        );
-        assert_eq!(
-            parse("DESCRIBE h.b.f").unwrap(),
-            Statement::Describe(n(&["h", "b", "f"]))
-        );
-        assert_eq!(
-            parse("drop table if exists b.f").unwrap(),
-            Statement::DropFrame {
-                name: n(&["b", "f"]),
-                if_exists: true
-            }
-        );
-        assert!(matches!(parse("SELECT 1").unwrap(), Statement::Query(_)));
-        assert!(matches!(
-            parse("WITH a AS (SELECT 1) SELECT * FROM a").unwrap(),
-            Statement::Query(_)
-        ));
-    }
-
-    #[test]
-    fn create_table_with_types_and_partitions() {
-        let s = parse(
-            "CREATE TABLE IF NOT EXISTS h.b.t (id BIGINT NOT NULL, name varchar(20), ts timestamp, \
-             \"Day\" date) PARTITIONED BY (\"Day\")",
-        )
-        .unwrap();
-        let Statement::CreateFrame {
-            name,
-            columns,
-            partition_by,
-            if_not_exists,
-        } = s
-        else {
-            panic!("{s:?}")
-        };
-        assert_eq!(name, n(&["h", "b", "t"]));
-        assert!(if_not_exists);
-        let types: Vec<_> = columns.iter().map(|c| c.type_name.as_str()).collect();
-        assert_eq!(types, ["BIGINT", "varchar(20)", "timestamp", "date"]);
-        assert_eq!(columns[3].name, "Day");
-        assert_eq!(partition_by, vec!["Day"]);
-    }
-
-    #[test]
-    fn insert_forms() {
-        let s = parse("INSERT INTO h.b.t (a, B) VALUES (1, 'x'), (2, 'y')").unwrap();
-        let Statement::Insert {
-            name,
-            columns,
-            source,
-            overwrite,
-        } = s
-        else {
-            panic!()
-        };
-        assert_eq!(
-            (name, columns, overwrite),
-            (n(&["h", "b", "t"]), n(&["a", "b"]), false)
-        );
-        assert!(source.starts_with("VALUES"), "{source}");
-        let s = parse("INSERT OVERWRITE TABLE t SELECT * FROM u").unwrap();
-        assert!(
-            matches!(
-                s,
-                Statement::Insert {
-                    overwrite: true,
-                    ..
-                }
-            ),
-            "{s:?}"
-        );
-    }
-
-    #[test]
-    fn function_statements() {
-        assert_eq!(
-            parse("create function C2F as '/tmp/c.wasm' language WASM").unwrap(),
-            Statement::CreateFunction {
-                name: "c2f".into(),
-                source: "/tmp/c.wasm".into(),
-                replace: false,
-            }
-        );
-        assert_eq!(
-            parse("CREATE OR REPLACE FUNCTION f AS 'file:///x.wasm'").unwrap(),
-            Statement::CreateFunction {
-                name: "f".into(),
-                source: "file:///x.wasm".into(),
-                replace: true,
-            }
-        );
-        assert_eq!(
-            parse("DROP FUNCTION IF EXISTS f").unwrap(),
-            Statement::DropFunction {
-                name: "f".into(),
-                if_exists: true,
-            }
-        );
-    }
-
-    #[test]
-    fn malformed_statements_are_clear_errors() {
-        for (sql, want) in [
-            ("USE", "expected"),
-            ("SHOW NOTHING", "expected HIVES"),
-            ("CREATE TABLE t", "column list"),
-            ("CREATE TABLE t (a int,", "column name"),
-            ("CREATE TABLE t (a)", "has no type"),
-            ("UPDATE t SET a = 1", "UPDATE is not supported yet"),
-            ("DELETE FROM t", "DELETE is not supported yet"),
-            ("DESCRIBE a.b.c.d", "more than three parts"),
-            ("SELECT 'unterminated", "syntax error"),
-            ("DROP VIEW v", "not supported"),
-            ("CREATE FUNCTION f", "AS '<path"),
-            ("CREATE FUNCTION f AS x", "quoted path"),
-            (
-                "CREATE FUNCTION f AS 'f.wasm' LANGUAGE python",
-                "LANGUAGE python is not supported",
-            ),
-            (
-                "CREATE OR REPLACE TABLE t (a int)",
-                "OR REPLACE is for functions",
-            ),
-            ("DROP FUNCTION a.b", "one part"),
-        ] {
-            let e = parse(sql).unwrap_err();
-            assert!(e.message.contains(want), "{sql}: {e}");
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,249 @@
+//! What ingestion holds between the write-ahead log and a commit, as plain data with no I/O:
+//! the records waiting per (route, frame), the committed sequences kept for redelivery
+//! checks, and recent messages by content. The exactly-once bookkeeping lives here, so it
+//! is unit-tested on its own.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::wal::Record;
+use crate::names::FrameRef;
+
+/// Committed WAL entries kept for recognising redeliveries (more than any ack window).
+pub(super) const DEDUPE_TAIL: u64 = 65_536;
+
+/// Where a record goes: its route (for the exactly-once marker) and its frame.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Key {
+    pub route: u32,
+    pub frame: FrameRef,
+}
+
+struct Buffer {
+    records: Vec<Record>,
+    bytes: usize,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    buffers: BTreeMap<Key, Buffer>,
+    /// Committed sequences not yet trimmed from the WAL (kept for redelivery checks).
+    committed: VecDeque<u64>,
+    /// content hash (topic + payload) → (sequence, connection) of recent messages, and the
+    /// order they came in (to forget the oldest)
+    recent: HashMap<u64, (u64, u64)>,
+    recent_order: VecDeque<(u64, u64)>,
+    /// txn versions we know per (frame, rejects?, route)
+    pub versions: HashMap<(FrameRef, bool, u32), i64>,
+    /// bytes received and not yet committed
+    pub backlog_bytes: usize,
+}
+
+impl State {
+    /// Note a message for redelivery checks, forgetting the oldest past the window.
+    pub fn remember(&mut self, rec: &Record, connection: u64) {
+        let h = content_hash(&rec.topic, &rec.payload);
+        self.recent.insert(h, (rec.seq, connection));
+        self.recent_order.push_back((h, rec.seq));
+        while self.recent_order.len() as u64 > DEDUPE_TAIL {
+            let (old, seq) = self.recent_order.pop_front().expect("not empty");
+            if self.recent.get(&old).is_some_and(|(s, _)| *s == seq) {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    /// The sequence of a message with these bytes received on an earlier connection than
+    /// `connection`, if one is remembered.
+    pub fn seen_before(&self, topic: &str, payload: &[u8], connection: u64) -> Option<u64> {
+        self.recent
+            .get(&content_hash(topic, payload))
+            .filter(|(_, seen_on)| *seen_on < connection)
+            .map(|(seq, _)| *seq)
+    }
+
+    /// Is record `seq` with these bytes waiting in a buffer?
+    pub fn buffered(&self, seq: u64, topic: &str, payload: &[u8]) -> bool {
+        self.buffers
+            .values()
+            .flat_map(|b| b.records.iter())
+            .any(|r| r.seq == seq && r.topic == topic && r.payload == payload)
+    }
+
+    /// Buffer a record for its frame.
+    pub fn push(&mut self, key: Key, rec: Record) {
+        self.backlog_bytes += rec.size();
+        let buf = self.buffers.entry(key).or_insert_with(|| Buffer {
+            records: Vec::new(),
+            bytes: 0,
+            since: Instant::now(),
+        });
+        buf.bytes += rec.size();
+        buf.records.push(rec);
+    }
+
+    /// Take the buffers due for a commit: every one when `all`, else those holding at least
+    /// `cell_target` bytes or older than `max_latency`.
+    pub fn take_due(
+        &mut self,
+        all: bool,
+        cell_target: usize,
+        max_latency: Duration,
+    ) -> Vec<(Key, Vec<Record>)> {
+        let keys: Vec<Key> = self
+            .buffers
+            .iter()
+            .filter(|(_, b)| all || b.bytes >= cell_target || b.since.elapsed() >= max_latency)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.buffers.remove(&k).map(|b| (k, b.records)))
+            .collect()
+    }
+
+    /// `records` are committed: the backlog shrinks and their sequences join the redelivery
+    /// window. Returns the sequences that fell out of the window, for the WAL to drop (by
+    /// count: sequence numbers jump after a crash, the WAL reserves id ranges).
+    pub fn committed(&mut self, records: &[Record]) -> Vec<u64> {
+        let bytes: usize = records.iter().map(Record::size).sum();
+        self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        self.committed.extend(records.iter().map(|r| r.seq));
+        let mut trim = Vec::new();
+        while self.committed.len() as u64 > DEDUPE_TAIL {
+            trim.push(self.committed.pop_front().expect("front exists"));
+        }
+        trim
+    }
+
+    /// A sequence already committed before a restart (found while replaying the WAL).
+    pub fn replayed_committed(&mut self, seq: u64) {
+        self.committed.push_back(seq);
+    }
+
+    /// A failed commit's records go back in front of what arrived for the frame since, and
+    /// the markers cached for its frames are forgotten (the commit may have landed before
+    /// the error), so the retry reads what is committed.
+    pub fn put_back(&mut self, key: Key, records: Vec<Record>, rejects: &FrameRef) {
+        self.versions
+            .retain(|(f, _, r), _| !(*r == key.route && (*f == key.frame || f == rejects)));
+        let bytes: usize = records.iter().map(Record::size).sum();
+        let buf = self.buffers.entry(key).or_insert_with(|| Buffer {
+            records: Vec::new(),
+            bytes: 0,
+            since: Instant::now(),
+        });
+        let mut back = records;
+        back.append(&mut buf.records);
+        buf.records = back;
+        buf.bytes += bytes;
+    }
+}
+
+fn content_hash(topic: &str, payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    payload.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, topic: &str, payload: &str) -> Record {
+        Record {
+            seq,
+            route: 0,
+            received_ms: 0,
+            pkid: seq as u16,
+            topic: topic.into(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        }
+    }
+
+    fn key(frame: &str) -> Key {
+        Key {
+            route: 0,
+            frame: frame.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_redelivery_is_recognised_only_from_an_earlier_connection() {
+        let mut st = State::default();
+        st.remember(&rec(7, "t", "21.5"), 1);
+        assert_eq!(
+            st.seen_before("t", b"21.5", 2),
+            Some(7),
+            "resent after a reconnect"
+        );
+        assert_eq!(
+            st.seen_before("t", b"21.5", 1),
+            None,
+            "same connection: a new reading"
+        );
+        assert_eq!(st.seen_before("t", b"22.0", 2), None, "other bytes");
+        assert_eq!(st.seen_before("u", b"21.5", 2), None, "other topic");
+    }
+
+    #[test]
+    fn the_redelivery_window_forgets_the_oldest() {
+        let mut st = State::default();
+        for seq in 0..DEDUPE_TAIL + 10 {
+            st.remember(&rec(seq, "t", &seq.to_string()), 1);
+        }
+        assert_eq!(st.seen_before("t", b"0", 2), None);
+        assert_eq!(st.seen_before("t", b"9", 2), None);
+        assert_eq!(st.seen_before("t", b"10", 2), Some(10));
+        assert_eq!(st.recent.len() as u64, DEDUPE_TAIL);
+    }
+
+    #[test]
+    fn buffers_are_due_by_size_or_age_and_committing_trims_by_count() {
+        let mut st = State::default();
+        st.push(key("h.b.small"), rec(1, "t", "x"));
+        st.push(key("h.b.big"), rec(2, "t", &"y".repeat(100)));
+        assert!(st.buffered(1, "t", b"x"));
+        let due = st.take_due(false, 100, Duration::from_secs(60));
+        assert_eq!(due.len(), 1, "only the big one");
+        assert_eq!(due[0].0, key("h.b.big"));
+        let all = st.take_due(true, 100, Duration::from_secs(60));
+        assert_eq!(all.len(), 1);
+        assert!(!st.buffered(1, "t", b"x"));
+        let before = st.backlog_bytes;
+        assert!(st.committed(&all[0].1).is_empty());
+        assert_eq!(st.backlog_bytes, before - all[0].1[0].size());
+        let many: Vec<Record> = (10..DEDUPE_TAIL + 13).map(|s| rec(s, "t", "z")).collect();
+        let trimmed = st.committed(&many);
+        assert_eq!(
+            trimmed,
+            vec![1, 10, 11, 12],
+            "the oldest beyond the window, in order"
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_goes_back_in_front_and_forgets_its_markers() {
+        let mut st = State::default();
+        let k = key("h.b.f");
+        let rejects: FrameRef = "h.b.f_rejects".parse().unwrap();
+        st.versions.insert((k.frame.clone(), false, 0), 5);
+        st.versions.insert((rejects.clone(), true, 0), 4);
+        st.versions
+            .insert(("h.b.other".parse().unwrap(), false, 0), 9);
+        st.push(k.clone(), rec(1, "t", "a"));
+        let (_, taken) = st.take_due(true, 0, Duration::ZERO).remove(0);
+        st.push(k.clone(), rec(2, "t", "b"));
+        st.put_back(k.clone(), taken, &rejects);
+        let (_, again) = st.take_due(true, 0, Duration::ZERO).remove(0);
+        let seqs: Vec<u64> = again.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2], "receive order kept");
+        assert_eq!(
+            st.versions.len(),
+            1,
+            "only the other frame's marker is kept"
+        );
+    }
+}

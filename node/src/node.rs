@@ -1,0 +1,138 @@
+//! A running node: the opened [`Apiary`] and the services it runs besides answering calls
+//! (MQTT ingestion, the HTTP API, its part in the swarm). Started in one place and stopped
+//! in one place, by a deadline; the CLI's `apiary node`, Python and the tests all use it.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use crate::api::Apiary;
+use crate::config::Config;
+use crate::error::Result;
+use crate::http::Server;
+use crate::ingest::{Ingest, IngestParts};
+
+/// What a node runs besides answering calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    /// MQTT ingestion (and the embedded broker when no external one is set).
+    pub ingest: bool,
+    /// The HTTP API.
+    pub http: bool,
+    /// Heartbeats, swarm tasks and the clean-up chore.
+    pub swarm: bool,
+}
+
+impl Services {
+    /// What `apiary node` runs: whatever the config enables.
+    pub fn node(config: &Config) -> Services {
+        Services {
+            ingest: config.ingest.enabled,
+            http: config.http.enabled,
+            swarm: config.swarm.enabled,
+        }
+    }
+
+    /// A library inside another program (Python): the swarm only, no listeners.
+    pub fn library(config: &Config) -> Services {
+        Services {
+            ingest: false,
+            http: false,
+            swarm: config.swarm.enabled,
+        }
+    }
+}
+
+/// An [`Apiary`] with its services running.
+pub struct Node {
+    apiary: Arc<Apiary>,
+    /// Taken by `shutdown`, so a second call does nothing.
+    running: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    ingest: Option<Ingest>,
+    http: Option<Server>,
+    swarm: bool,
+}
+
+impl Node {
+    /// Start `services` on `apiary`. What one of them started is stopped again when a later
+    /// one fails. The swarm's first heartbeat is written before this returns, so the node is
+    /// in the swarm once it says it is ready.
+    pub async fn start(apiary: Apiary, services: Services) -> Result<Node> {
+        let node = Node {
+            apiary: Arc::new(apiary),
+            running: Mutex::default(),
+        };
+        if let Err(e) = node.start_each(services).await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    async fn start_each(&self, services: Services) -> Result<()> {
+        let ap = &self.apiary;
+        if services.ingest {
+            let ingest = Ingest::start(IngestParts {
+                frames: ap.frames().clone(),
+                pool: ap.pool().clone(),
+                node_id: ap.node_id().to_string(),
+                state_dir: ap.config().node.state_dir.clone(),
+                ingest: ap.config().ingest.clone(),
+                mqtt: ap.config().mqtt.clone(),
+            })
+            .await?;
+            self.running().ingest = Some(ingest);
+        }
+        if services.http {
+            let monitor = self.running().ingest.as_ref().map(Ingest::monitor);
+            let http = crate::http::serve(ap.clone(), &ap.config().http, monitor).await?;
+            self.running().http = Some(http);
+        }
+        if services.swarm
+            && let Some(s) = ap.swarm()
+        {
+            s.start().await?;
+            self.running().swarm = true;
+        }
+        Ok(())
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().expect("running services")
+    }
+
+    pub fn apiary(&self) -> &Arc<Apiary> {
+        &self.apiary
+    }
+
+    /// Where the HTTP API listens, when it runs.
+    pub fn http_url(&self) -> Option<String> {
+        self.running().http.as_ref().map(Server::url)
+    }
+
+    /// Stop what `start` started, within `node.shutdown_timeout`: the HTTP API stops
+    /// accepting, ingestion commits what it buffered (the WAL keeps what misses the
+    /// deadline), the swarm's loops end and this node's heartbeat is removed, so others see
+    /// it gone at once. Safe to call twice.
+    pub async fn shutdown(&self) {
+        let deadline = Instant::now() + self.apiary.config().node.shutdown_timeout.0;
+        let Running {
+            ingest,
+            http,
+            swarm,
+        } = std::mem::take(&mut *self.running());
+        if let Some(http) = http {
+            http.shutdown(deadline).await;
+        }
+        if let Some(ingest) = ingest {
+            ingest.shutdown(deadline).await;
+        }
+        if swarm && let Some(s) = self.apiary.swarm() {
+            s.shutdown(deadline).await;
+        }
+    }
+}
