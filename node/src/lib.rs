@@ -1,16 +1,19 @@
 //! Apiary: a lakehouse for small computers. The map of the parts is `docs/architecture.md`.
+//!
+//! The public API is what the command line, the Python package and the tests use: the
+//! `pub` modules below and the re-exports. Everything else is the crate's own.
 
 pub mod api;
 pub mod bees;
-pub mod cache;
-pub mod clock;
+pub(crate) mod cache;
+pub(crate) mod clock;
 pub mod config;
 pub mod error;
 pub mod frames;
-pub mod http;
+pub(crate) mod http;
 pub mod ingest;
 pub mod input;
-pub mod layout;
+pub(crate) mod layout;
 pub mod meadow;
 pub mod names;
 pub mod node;
@@ -18,9 +21,12 @@ pub mod output;
 pub mod remote;
 pub mod service;
 pub mod sql;
-pub mod swarm;
+pub(crate) mod swarm;
 pub mod telemetry;
-pub mod udf;
+pub(crate) mod udf;
 
 pub use api::Apiary;
 pub use error::{Error, ErrorKind, Result};
+pub use frames::{Column, ColumnType, FrameDef, WriteMode};
+pub use names::FrameRef;
+pub use node::{Node, Services};

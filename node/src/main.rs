@@ -406,13 +406,14 @@ impl Target {
         match self {
             Target::Local(session) => session.run_script(sql).await,
             Target::Remote(remote, scope) => {
-                let statements = apiary::sql::statement::split(sql)?;
+                // Checked here whole, then sent one by one (the scope travels in headers).
+                let statements = apiary::sql::statement::parse_script(sql)?;
                 if statements.is_empty() {
                     return Err(Error::invalid("no SQL statement given"));
                 }
                 let mut results = Vec::with_capacity(statements.len());
                 for s in statements {
-                    results.push(remote.sql(&s, scope).await?);
+                    results.push(remote.sql(&s.to_string(), scope).await?);
                 }
                 Ok(results)
             }

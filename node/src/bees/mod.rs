@@ -2,7 +2,7 @@
 //! module sizes them from the machine (cgroup limit or physical memory), derives the
 //! leafcutter cell size, and holds the pool and the colony model.
 
-pub mod colony;
+pub(crate) mod colony;
 mod pool;
 
 pub use colony::{Band, Colony, ColonyStatus, Load, Verdict};

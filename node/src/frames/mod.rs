@@ -3,8 +3,8 @@
 //! Apiary decides the cell size (leafcutter sizing), the Parquet properties and how incoming
 //! data is cast to the frame's schema.
 
-pub mod registry;
-pub mod types;
+pub(crate) mod registry;
+pub(crate) mod types;
 
 use std::num::NonZeroU64;
 use std::sync::Arc;

@@ -63,10 +63,6 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
@@ -469,17 +465,18 @@ async fn run_sql(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Error::invalid("the SQL in the request body is not UTF-8"))?;
-    let mut statements = statement::split(text)?;
+    // Parsed once, whole: a syntax error anywhere runs none of it.
+    let mut statements = statement::parse_script(text)?;
     let Some(last) = statements.pop() else {
         return Err(Error::invalid("no SQL statement in the request body").into());
     };
-    let is_query = matches!(statement::parse(&last)?, Statement::Query(_));
+    let is_query = matches!(last, Statement::Query(_));
     let mut session = st.apiary.session();
     session
         .use_scope(header_str(HIVE_HEADER)?, header_str(BOX_HEADER)?)
         .await?;
-    if !statements.is_empty() {
-        session.run_script(&statements.join(";\n")).await?;
+    for s in statements {
+        session.execute(s).await?;
     }
     let mut head = HeaderMap::new();
     head.insert(
@@ -488,7 +485,7 @@ async fn run_sql(
     );
     if !is_query {
         // DDL, USE, SHOW, DESCRIBE, INSERT: small results, run whole.
-        let r = session.run(&last).await?;
+        let r = session.execute(last).await?;
         scope_headers(&mut head, &session);
         let bytes = crate::output::encode(format, &r.schema, &r.batches)?;
         st.metrics.query_done(true, started.elapsed());
@@ -496,7 +493,7 @@ async fn run_sql(
     }
     scope_headers(&mut head, &session);
     let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
-    let run = tokio::spawn(async move { session.run_streamed(&last, tx).await });
+    let run = tokio::spawn(async move { session.run_streamed(last, tx).await });
     // Planning errors (unknown frame, bad SQL) come before the schema: answer them with a
     // status. Errors later on cut the stream short, which clients see as a broken body.
     let schema = match rx.recv().await {

@@ -16,11 +16,11 @@ mod broker;
 mod buffer;
 mod client;
 mod commit;
-pub mod payload;
-pub mod route;
+pub(crate) mod payload;
+pub(crate) mod route;
 mod status;
 mod upkeep;
-pub mod wal;
+pub(crate) mod wal;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;

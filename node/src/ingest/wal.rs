@@ -152,10 +152,6 @@ impl Wal {
     pub fn len(&self) -> usize {
         self.tree.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
-    }
 }
 
 #[cfg(test)]

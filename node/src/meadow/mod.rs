@@ -2,7 +2,7 @@
 //! start-up that it honours conditional writes, and offers the few conditional-write helpers
 //! everything above uses. Nothing above this module builds store paths by hand.
 
-pub mod counted;
+pub(crate) mod counted;
 pub mod lease;
 
 use std::collections::BTreeMap;

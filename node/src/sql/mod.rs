@@ -2,7 +2,7 @@
 //! catalog where hives are catalogs, boxes are schemas and frames are tables.
 
 mod catalog;
-pub mod fragment;
+pub(crate) mod fragment;
 mod join_order;
 mod plan;
 mod result;
@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt64Array};
 use arrow::datatypes::{Field, Schema};
-use datafusion::config::Dialect;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -27,7 +27,6 @@ use self::plan::log_spill;
 use self::result::describe;
 pub use self::result::{Output, QueryResult};
 use self::statement::{Name, Statement};
-use self::time_travel::rewrite_time_travel;
 use crate::bees::{BeePool, Chamber};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frames::WriteMode;
@@ -52,13 +51,22 @@ pub trait Distribute: Send + Sync + std::fmt::Debug {
     async fn finish(&self, plan: &Arc<dyn ExecutionPlan>);
 }
 
-/// The query of `EXPLAIN <query>` (not `EXPLAIN ANALYZE`/`VERBOSE`, which DataFusion runs).
-pub(super) fn explained(sql: &str) -> Option<&str> {
-    let t = sql.trim_start();
-    let rest = t.get(..8).filter(|p| p.eq_ignore_ascii_case("explain "))?;
-    let inner = t[rest.len()..].trim_start();
-    let word = inner.split_whitespace().next()?.to_ascii_lowercase();
-    (!matches!(word.as_str(), "analyze" | "verbose" | "format")).then_some(inner)
+/// The query of a plain `EXPLAIN <query>` (not `EXPLAIN ANALYZE`, `VERBOSE` or with a
+/// format, which DataFusion answers itself).
+pub(super) fn explained(stmt: &ast::Statement) -> Option<&ast::Statement> {
+    match stmt {
+        ast::Statement::Explain {
+            describe_alias: ast::DescribeAlias::Explain,
+            analyze: false,
+            verbose: false,
+            query_plan: false,
+            estimate: false,
+            statement,
+            format: None,
+            options: None,
+        } => Some(statement),
+        _ => None,
+    }
 }
 
 /// A SQL session: the current hive and box (`USE`) persist across its statements. Each
@@ -158,44 +166,33 @@ impl Session {
         self.box_name.as_deref()
     }
 
-    /// Run `;`-separated statements in order; one result per statement.
+    /// Run `;`-separated statements in order; one result per statement. The whole script
+    /// is parsed first, so a syntax error at its end runs none of it.
     pub async fn run_script(&mut self, sql: &str) -> Result<Vec<QueryResult>> {
-        let statements = statement::split(sql)?;
+        let statements = statement::parse_script(sql)?;
         if statements.is_empty() {
             return Err(Error::invalid("no SQL statement given"));
         }
-        // Check the syntax of every statement before running any, so a typo at the end of
-        // a script does not leave its first statements committed. (A single statement is
-        // checked when it runs.)
-        for s in statements.iter().filter(|_| statements.len() > 1) {
-            if let Statement::Query(q) = statement::parse(s)? {
-                // Names are not resolved yet (an earlier USE may change them): keep them as written.
-                let (q, _) = rewrite_time_travel(&q, |parts| {
-                    let mut p = parts.to_vec();
-                    while p.len() < 3 {
-                        p.insert(0, "_".into());
-                    }
-                    Ok(FrameRef {
-                        hive: p[0].clone(),
-                        box_name: p[1].clone(),
-                        frame: p[2].clone(),
-                    })
-                })?;
-                self.ctx.state().sql_to_statement(&q, &Dialect::Generic)?;
-            }
-        }
         let mut results = Vec::with_capacity(statements.len());
         for s in statements {
-            results.push(self.run(&s).await?);
+            results.push(self.execute(s).await?);
         }
         Ok(results)
     }
 
-    /// Run one statement in a chamber.
+    /// Run one statement (SQL text) in a chamber.
     pub async fn run(&mut self, sql: &str) -> Result<QueryResult> {
+        self.execute(statement::parse(sql)?).await
+    }
+
+    /// Run one parsed statement in a chamber.
+    pub async fn execute(&mut self, statement: Statement) -> Result<QueryResult> {
         let pool = self.pool.clone();
+        let label = statement.to_string();
         let result = pool
-            .run(sql, async |chamber| self.run_inner(chamber, sql).await)
+            .run(&label, async |chamber| {
+                self.run_statement(chamber, statement).await
+            })
             .await;
         self.bound.clear();
         result
@@ -218,11 +215,15 @@ impl Session {
     /// each batch. A query's batches are computed as the receiver takes them (the channel's
     /// bound is the memory a slow reader can hold up); the chamber stays busy until the last
     /// one, and a receiver that goes away stops the query.
-    pub async fn run_streamed(&mut self, sql: &str, out: mpsc::Sender<Output>) -> Result<()> {
+    pub async fn run_streamed(
+        &mut self,
+        statement: Statement,
+        out: mpsc::Sender<Output>,
+    ) -> Result<()> {
         let pool = self.pool.clone();
+        let label = statement.to_string();
         let result = pool
-            .run(sql, async |chamber| {
-                let statement = statement::parse(sql)?;
+            .run(&label, async |chamber| {
                 let Statement::Query(q) = statement else {
                     let r = self.run_statement(chamber, statement).await?;
                     if out.send(Output::Schema(r.schema)).await.is_ok() {
@@ -284,11 +285,6 @@ impl Session {
         }
         self.set_scope(hive, box_name);
         Ok(())
-    }
-
-    async fn run_inner(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
-        let statement = statement::parse(sql)?;
-        self.run_statement(chamber, statement).await
     }
 
     async fn run_statement(
@@ -403,7 +399,7 @@ impl Session {
                 source,
                 overwrite,
             } => {
-                self.insert(chamber, &name, columns, &source, overwrite)
+                self.insert(chamber, &name, columns, source, overwrite)
                     .await
             }
         }
@@ -480,12 +476,12 @@ impl Session {
         chamber: &Chamber<'_>,
         name: &Name,
         columns: Vec<String>,
-        source: &str,
+        source: Box<ast::Query>,
         overwrite: bool,
     ) -> Result<QueryResult> {
         let frame = self.resolve(name)?;
         let def = self.frames.registry().frame(&frame).await?;
-        let rows = self.query(chamber, source).await?;
+        let rows = self.query(chamber, &ast::Statement::Query(source)).await?;
         let targets: Vec<String> = if columns.is_empty() {
             def.columns.iter().map(|c| c.name.clone()).collect()
         } else {

@@ -6,20 +6,25 @@ use std::sync::Arc;
 use arrow::array::StringArray;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::TableReference;
-use datafusion::config::Dialect;
 use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast;
 
 use super::catalog::TableKey;
-use super::time_travel::rewrite_time_travel;
+use super::time_travel::bind_versions;
 use super::{QueryResult, Session, explained, fragment};
 use crate::bees::Chamber;
 use crate::error::{Error, Result};
 
 impl Session {
     /// Run a query through DataFusion in the chamber and collect its result.
-    pub(super) async fn query(&mut self, chamber: &Chamber<'_>, sql: &str) -> Result<QueryResult> {
-        let (schema, physical, state) = self.plan(chamber, sql).await?;
+    pub(super) async fn query(
+        &mut self,
+        chamber: &Chamber<'_>,
+        stmt: &ast::Statement,
+    ) -> Result<QueryResult> {
+        let (schema, physical, state) = self.plan(chamber, stmt).await?;
         let batches = datafusion::physical_plan::collect(physical.clone(), state.task_ctx()).await;
         self.finish(&physical).await;
         let batches = batches?;
@@ -35,10 +40,10 @@ impl Session {
     pub(super) async fn plan(
         &mut self,
         chamber: &Chamber<'_>,
-        sql: &str,
+        stmt: &ast::Statement,
     ) -> Result<(SchemaRef, Arc<dyn ExecutionPlan>, SessionState)> {
-        let Some(inner) = explained(sql) else {
-            let (schema, physical, state, _) = self.plan_query(chamber, sql).await?;
+        let Some(inner) = explained(stmt) else {
+            let (schema, physical, state, _) = self.plan_query(chamber, stmt).await?;
             return Ok((schema, physical, state));
         };
         // DataFusion's EXPLAIN prints the plan before the swarm shares it: print ours.
@@ -71,19 +76,19 @@ impl Session {
     pub(super) async fn plan_query(
         &mut self,
         chamber: &Chamber<'_>,
-        sql: &str,
+        stmt: &ast::Statement,
     ) -> Result<(
         SchemaRef,
         Arc<dyn ExecutionPlan>,
         SessionState,
         datafusion::logical_expr::LogicalPlan,
     )> {
-        let (sql, versions) = rewrite_time_travel(sql, |parts| self.resolve(parts))?;
-        for at in versions {
+        let mut stmt = stmt.clone();
+        for at in bind_versions(&mut stmt, |parts| self.resolve(parts))? {
             self.bind(at).await?;
         }
         let mut state = self.state_in(chamber);
-        let stmt = state.sql_to_statement(&sql, &Dialect::Generic)?;
+        let stmt = DFStatement::Statement(Box::new(stmt));
         let udfs = self.register_udfs(&mut state, &stmt, chamber).await?;
         let udtfs = state.table_functions();
         for reference in state.resolve_table_references(&stmt)? {

@@ -1,10 +1,15 @@
-//! Apiary's own statements (USE, SHOW, DESCRIBE, CREATE/DROP of hives, boxes and frames,
-//! INSERT, the refused DML), recognised before the rest goes to DataFusion.
+//! SQL parsed once into an AST: Apiary's own statements (USE, SHOW, DESCRIBE, CREATE/DROP
+//! of hives, boxes, frames and functions, INSERT; the refused DML) are extensions read from
+//! sqlparser's tokens, everything else is sqlparser's own AST for DataFusion to plan. A script
+//! is tokenised once and split at its top-level semicolons; every statement prints back as
+//! SQL (`Display`).
+
+use std::fmt;
 
 use datafusion::sql::sqlparser::ast::{self, TableObject};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
+use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
 use crate::error::{Error, Result};
 use crate::frames::Column;
@@ -41,8 +46,8 @@ pub enum Statement {
     Insert {
         name: Name,
         columns: Vec<String>,
-        /// The SELECT or VALUES that produces the rows, as SQL for DataFusion.
-        source: String,
+        /// The SELECT or VALUES that produces the rows.
+        source: Box<ast::Query>,
         overwrite: bool,
     },
     /// `CREATE [OR REPLACE] FUNCTION name AS 'path' [LANGUAGE wasm]`
@@ -56,7 +61,115 @@ pub enum Statement {
         if_exists: bool,
     },
     /// Anything else: a query (or statement) for DataFusion.
-    Query(String),
+    Query(Box<ast::Statement>),
+}
+
+/// GenericDialect (DataFusion's) plus `VERSION AS OF` after a table name. sqlparser offers
+/// no way to extend a dialect, so this one says what GenericDialect says, method by method,
+/// and tells the parser it is GenericDialect (its `dialect_of!` checks); a test compares
+/// the two on a corpus of queries.
+#[derive(Debug, Default)]
+pub struct ApiaryDialect;
+
+macro_rules! like_generic {
+    ($($method:ident,)*) => {
+        $(fn $method(&self) -> bool {
+            GenericDialect {}.$method()
+        })*
+    };
+}
+
+impl Dialect for ApiaryDialect {
+    fn dialect(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<GenericDialect>()
+    }
+
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        GenericDialect {}.is_delimited_identifier_start(ch)
+    }
+
+    fn is_identifier_start(&self, ch: char) -> bool {
+        GenericDialect {}.is_identifier_start(ch)
+    }
+
+    fn is_identifier_part(&self, ch: char) -> bool {
+        GenericDialect {}.is_identifier_part(ch)
+    }
+
+    fn supports_table_versioning(&self) -> bool {
+        true
+    }
+
+    like_generic!(
+        supports_unicode_string_literal,
+        supports_partition_by_after_order_by,
+        supports_array_join_syntax,
+        supports_group_by_expr,
+        supports_group_by_with_modifier,
+        supports_left_associative_joins_without_parens,
+        supports_connect_by,
+        supports_match_recognize,
+        supports_pipe_operator,
+        supports_start_transaction_modifier,
+        supports_window_function_null_treatment_arg,
+        supports_dictionary_syntax,
+        supports_window_clause_named_window_reference,
+        supports_parenthesized_set_variables,
+        supports_select_wildcard_except,
+        support_map_literal_syntax,
+        allow_extract_custom,
+        allow_extract_single_quotes,
+        supports_extract_comma_syntax,
+        supports_create_view_comment_syntax,
+        supports_parens_around_table_factor,
+        supports_values_as_table_factor,
+        supports_create_index_with_clause,
+        supports_explain_with_utility_options,
+        supports_limit_comma,
+        supports_update_order_by,
+        supports_from_first_select,
+        supports_projection_trailing_commas,
+        supports_asc_desc_in_column_definition,
+        supports_try_convert,
+        supports_bitwise_shift_operators,
+        supports_comment_on,
+        supports_load_extension,
+        supports_named_fn_args_with_assignment_operator,
+        supports_struct_literal,
+        supports_empty_projections,
+        supports_nested_comments,
+        supports_multiline_comment_hints,
+        supports_user_host_grantee,
+        supports_string_escape_constant,
+        supports_array_typedef_with_brackets,
+        supports_match_against,
+        supports_set_names,
+        supports_comma_separated_set_assignments,
+        supports_filter_during_aggregation,
+        supports_select_wildcard_exclude,
+        supports_data_type_signed_suffix,
+        supports_interval_options,
+        supports_quote_delimited_string,
+        supports_select_wildcard_replace,
+        supports_select_wildcard_ilike,
+        supports_select_wildcard_rename,
+        supports_optimize_table,
+        supports_install,
+        supports_detach,
+        supports_prewhere,
+        supports_with_fill,
+        supports_limit_by,
+        supports_interpolate,
+        supports_settings,
+        supports_select_format,
+        supports_comment_optimizer_hint,
+        supports_constraint_keyword_without_name,
+        supports_key_column_option,
+        supports_comma_separated_trim,
+        supports_cte_without_as,
+        supports_select_item_multi_column_alias,
+        supports_xml_expressions,
+    );
 }
 
 impl Statement {
@@ -86,44 +199,190 @@ impl Statement {
     }
 }
 
-pub fn tokenize(sql: &str) -> Result<Vec<Token>> {
-    Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize()
-        .map_err(|e| Error::invalid(format!("SQL syntax error: {e}")))
+/// A name part, quoted: names keep the case they were parsed with.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.0.replace('"', "\"\""))
+    }
 }
 
-pub fn untokenize(tokens: &[Token]) -> String {
+/// A name of one to three parts.
+struct Dotted<'a>(&'a [String]);
+
+impl fmt::Display for Dotted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            write!(f, "{}", Quoted(p))?;
+        }
+        Ok(())
+    }
+}
+
+/// The statement as SQL that parses back to it.
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let if_not_exists = |b: bool| if b { "IF NOT EXISTS " } else { "" };
+        let if_exists = |b: bool| if b { "IF EXISTS " } else { "" };
+        match self {
+            Statement::UseHive(h) => write!(f, "USE HIVE {}", Quoted(h)),
+            Statement::UseBox(n) => write!(f, "USE BOX {}", Dotted(n)),
+            Statement::ShowHives => f.write_str("SHOW HIVES"),
+            Statement::ShowBoxes(None) => f.write_str("SHOW BOXES"),
+            Statement::ShowBoxes(Some(h)) => write!(f, "SHOW BOXES IN {}", Quoted(h)),
+            Statement::ShowFrames(None) => f.write_str("SHOW FRAMES"),
+            Statement::ShowFrames(Some(n)) => write!(f, "SHOW FRAMES IN {}", Dotted(n)),
+            Statement::Describe(n) => write!(f, "DESCRIBE {}", Dotted(n)),
+            Statement::CreateHive {
+                name,
+                if_not_exists: e,
+            } => write!(f, "CREATE HIVE {}{}", if_not_exists(*e), Quoted(name)),
+            Statement::CreateBox {
+                name,
+                if_not_exists: e,
+            } => write!(f, "CREATE BOX {}{}", if_not_exists(*e), Dotted(name)),
+            Statement::CreateFrame {
+                name,
+                columns,
+                partition_by,
+                if_not_exists: e,
+            } => {
+                write!(f, "CREATE FRAME {}{} (", if_not_exists(*e), Dotted(name))?;
+                for (i, c) in columns.iter().enumerate() {
+                    let sep = if i > 0 { ", " } else { "" };
+                    write!(f, "{sep}{} {}", Quoted(&c.name), c.spelt)?;
+                }
+                f.write_str(")")?;
+                if !partition_by.is_empty() {
+                    let cols: Vec<String> =
+                        partition_by.iter().map(|c| Quoted(c).to_string()).collect();
+                    write!(f, " PARTITIONED BY ({})", cols.join(", "))?;
+                }
+                Ok(())
+            }
+            Statement::DropFrame { name, if_exists: e } => {
+                write!(f, "DROP FRAME {}{}", if_exists(*e), Dotted(name))
+            }
+            Statement::Insert {
+                name,
+                columns,
+                source,
+                overwrite,
+            } => {
+                let how = if *overwrite {
+                    "OVERWRITE TABLE"
+                } else {
+                    "INTO"
+                };
+                write!(f, "INSERT {how} {}", Dotted(name))?;
+                if !columns.is_empty() {
+                    let cols: Vec<String> = columns.iter().map(|c| Quoted(c).to_string()).collect();
+                    write!(f, " ({})", cols.join(", "))?;
+                }
+                write!(f, " {source}")
+            }
+            Statement::CreateFunction {
+                name,
+                source,
+                replace,
+            } => write!(
+                f,
+                "CREATE {}FUNCTION {} AS '{}' LANGUAGE wasm",
+                if *replace { "OR REPLACE " } else { "" },
+                Quoted(name),
+                source.replace('\'', "''")
+            ),
+            Statement::DropFunction { name, if_exists: e } => {
+                write!(f, "DROP FUNCTION {}{}", if_exists(*e), Quoted(name))
+            }
+            Statement::Query(q) => write!(f, "{q}"),
+        }
+    }
+}
+
+/// A sqlparser error as ours: a syntax error, with what it expected.
+fn syntax(e: impl fmt::Display) -> Error {
+    let msg = e.to_string();
+    let msg = msg.strip_prefix("sql parser error: ").unwrap_or(&msg);
+    Error::invalid(format!("SQL syntax error: {msg}"))
+}
+
+/// Parse a `;`-separated script: tokenised once, each statement parsed once.
+pub fn parse_script(sql: &str) -> Result<Vec<Statement>> {
+    let tokens = Tokenizer::new(&ApiaryDialect, sql)
+        .tokenize_with_location()
+        .map_err(syntax)?;
     tokens
-        .iter()
-        .map(|t| t.to_string())
-        .collect::<String>()
-        .trim()
-        .to_string()
+        .split(|t| t.token == Token::SemiColon)
+        .filter(|s| s.iter().any(|t| !matches!(t.token, Token::Whitespace(_))))
+        .map(|s| parse_tokens(s.to_vec()))
+        .collect()
 }
 
-/// Split a script into statements at top-level semicolons (quotes and comments respected).
-pub fn split(sql: &str) -> Result<Vec<String>> {
-    let tokens = tokenize(sql)?;
-    Ok(tokens
-        .split(|t| *t == Token::SemiColon)
-        .map(untokenize)
-        .filter(|s| !s.is_empty())
-        .collect())
+/// Parse one statement.
+pub fn parse(sql: &str) -> Result<Statement> {
+    let mut all = parse_script(sql)?;
+    match all.len() {
+        0 => Err(Error::invalid("empty SQL statement")),
+        1 => Ok(all.remove(0)),
+        n => Err(Error::invalid(format!(
+            "expected one SQL statement, found {n}"
+        ))),
+    }
 }
 
 /// A cursor over the significant tokens of one statement.
 struct Cursor {
+    /// Every token of the statement, for sqlparser's own parser.
+    all: Vec<TokenWithSpan>,
     toks: Vec<Token>,
     pos: usize,
 }
 
 impl Cursor {
-    fn new(sql: &str) -> Result<Cursor> {
-        let toks = tokenize(sql)?
-            .into_iter()
+    fn new(all: Vec<TokenWithSpan>) -> Cursor {
+        let toks = all
+            .iter()
+            .map(|t| t.token.clone())
             .filter(|t| !matches!(t, Token::Whitespace(_)))
             .collect();
-        Ok(Cursor { toks, pos: 0 })
+        Cursor { all, toks, pos: 0 }
+    }
+
+    /// The statement as written.
+    fn text(&self) -> String {
+        self.all
+            .iter()
+            .map(|t| t.token.to_string())
+            .collect::<String>()
+            .trim()
+            .to_string()
+    }
+
+    /// Its first `n` words, in capitals (for messages).
+    fn first_words(&self, n: usize) -> String {
+        self.toks
+            .iter()
+            .take(n)
+            .map(|t| t.to_string().to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The whole statement as sqlparser's AST.
+    fn sqlparser(self) -> Result<ast::Statement> {
+        let mut p = Parser::new(&ApiaryDialect).with_tokens_with_locations(self.all);
+        let stmt = p.parse_statement().map_err(syntax)?;
+        match p.peek_token().token {
+            Token::EOF => Ok(stmt),
+            t => Err(syntax(ParserError::ParserError(format!(
+                "expected end of statement, found {t}"
+            )))),
+        }
     }
 
     fn peek(&self) -> Option<&Token> {
@@ -235,9 +494,9 @@ fn one_part(name: Name, what: &str) -> Result<String> {
     }
 }
 
-/// Classify one statement.
-pub fn parse(sql: &str) -> Result<Statement> {
-    let mut c = Cursor::new(sql)?;
+/// Parse one statement's tokens.
+fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
+    let mut c = Cursor::new(tokens);
     if c.at_end() {
         return Err(Error::invalid("empty SQL statement"));
     }
@@ -304,33 +563,25 @@ pub fn parse(sql: &str) -> Result<Statement> {
         } else {
             return Err(Error::unsupported(format!(
                 "{} is not supported: only DROP TABLE (or DROP FRAME) and DROP FUNCTION are",
-                first_words(sql, 2)
+                c.first_words(2)
             )));
         }
     } else if c.keyword("INSERT") {
-        return parse_insert(sql);
+        return parse_insert(c.sqlparser()?);
     } else if ["UPDATE", "DELETE", "MERGE", "TRUNCATE", "ALTER"]
         .iter()
         .any(|k| c.keyword(k))
     {
         return Err(Error::unsupported(format!(
             "{} is not supported yet: frames take appends (INSERT) and overwrites (INSERT OVERWRITE); statement: {}",
-            first_words(sql, 1),
-            sql.trim()
+            c.first_words(1),
+            c.text()
         )));
     } else {
-        return Ok(Statement::Query(sql.to_string()));
+        return Ok(Statement::Query(Box::new(c.sqlparser()?)));
     };
     c.end()?;
     Ok(stmt)
-}
-
-fn first_words(sql: &str, n: usize) -> String {
-    sql.split_whitespace()
-        .take(n)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_ascii_uppercase()
 }
 
 fn parse_create(mut c: Cursor) -> Result<Statement> {
@@ -458,10 +709,8 @@ fn parse_create_function(mut c: Cursor, replace: bool) -> Result<Statement> {
     })
 }
 
-fn parse_insert(sql: &str) -> Result<Statement> {
-    let mut stmts = Parser::parse_sql(&GenericDialect {}, sql)
-        .map_err(|e| Error::invalid(format!("SQL syntax error: {e}")))?;
-    let Some(ast::Statement::Insert(insert)) = stmts.pop() else {
+fn parse_insert(statement: ast::Statement) -> Result<Statement> {
+    let ast::Statement::Insert(insert) = statement else {
         return Err(Error::invalid("expected one INSERT statement"));
     };
     let TableObject::TableName(table) = &insert.table else {
@@ -510,7 +759,7 @@ fn parse_insert(sql: &str) -> Result<Statement> {
     Ok(Statement::Insert {
         name,
         columns,
-        source: source.to_string(),
+        source: source.clone(),
         overwrite: insert.overwrite,
     })
 }

@@ -51,9 +51,12 @@ fn n(parts: &[&str]) -> Name {
 
 #[test]
 fn splits_at_top_level_semicolons_only() {
-    let s = split("USE HIVE h; SELECT 'a;b' -- c;d\n; ;SELECT \"x;y\" FROM t").unwrap();
+    let s = parse_script("USE HIVE h; SELECT 'a;b' -- c;d\n; ;SELECT \"x;y\" FROM t").unwrap();
     assert_eq!(s.len(), 3, "{s:?}");
-    assert_eq!(s[1], "SELECT 'a;b' -- c;d");
+    assert_eq!(s[1].to_string(), "SELECT 'a;b'");
+    assert_eq!(s[2].to_string(), "SELECT \"x;y\" FROM t");
+    let e = parse_script("SELECT 1; SELEC 2").unwrap_err();
+    assert!(e.message.contains("SQL syntax error"), "{e}");
 }
 
 #[test]
@@ -134,7 +137,7 @@ fn insert_forms() {
         (name, columns, overwrite),
         (n(&["h", "b", "t"]), n(&["a", "b"]), false)
     );
-    assert!(source.starts_with("VALUES"), "{source}");
+    assert!(source.to_string().starts_with("VALUES"), "{source}");
     let s = parse("INSERT OVERWRITE TABLE t SELECT * FROM u").unwrap();
     assert!(
         matches!(
@@ -203,4 +206,60 @@ fn malformed_statements_are_clear_errors() {
         let e = parse(sql).unwrap_err();
         assert!(e.message.contains(want), "{sql}: {e}");
     }
+}
+
+#[test]
+fn every_statement_prints_as_sql_that_parses_back_to_it() {
+    for sql in [
+        "USE HIVE h",
+        "USE \"Mixed\"",
+        "USE BOX h.b",
+        "SHOW HIVES",
+        "SHOW BOXES IN h",
+        "SHOW FRAMES",
+        "SHOW FRAMES IN h.b",
+        "DESCRIBE h.b.f",
+        "CREATE HIVE IF NOT EXISTS h",
+        "CREATE BOX h.\"B\"",
+        "CREATE TABLE IF NOT EXISTS h.b.t (id BIGINT NOT NULL, name varchar(20), \"Day\" date) \
+         PARTITIONED BY (\"Day\")",
+        "DROP TABLE IF EXISTS b.f",
+        "INSERT INTO h.b.t (a, B) VALUES (1, 'x'), (2, 'it''s')",
+        "INSERT OVERWRITE TABLE t SELECT * FROM u WHERE k > 2",
+        "CREATE OR REPLACE FUNCTION f AS '/tmp/it''s.wasm'",
+        "DROP FUNCTION IF EXISTS f",
+        "SELECT k, sum(v) FROM h.b.t VERSION AS OF 3 GROUP BY k ORDER BY k",
+        "EXPLAIN SELECT * FROM frame_at('h.b.t', 1)",
+    ] {
+        let s = parse(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let printed = s.to_string();
+        assert_eq!(parse(&printed).unwrap(), s, "{sql} printed as {printed}");
+    }
+}
+
+#[test]
+fn the_dialect_parses_as_datafusions_generic_one_plus_versions() {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    for sql in [
+        "SELECT a, b::int, 'x' || c AS d FROM t WHERE e IS NOT NULL LIMIT 3",
+        "SELECT * FROM a JOIN b USING (k) LEFT JOIN c ON a.x = c.y",
+        "WITH w AS (SELECT 1 AS x) SELECT x FROM w UNION ALL SELECT 2",
+        "SELECT count(*) FILTER (WHERE v > 1), array_agg(v ORDER BY v) FROM t GROUP BY ALL",
+        "SELECT * EXCLUDE (a) FROM t",
+        "SELECT {'a': 1}, [1, 2][1], \"Q\".\"R\" FROM \"Q\"",
+        "SELECT date_trunc('hour', ts) AS h, avg(v) OVER (PARTITION BY k ORDER BY ts) FROM t",
+        "EXPLAIN ANALYZE SELECT 1",
+        "SET datafusion.execution.batch_size = 1024",
+    ] {
+        let generic = Parser::parse_sql(&GenericDialect {}, sql).unwrap();
+        let Statement::Query(ours) = parse(sql).unwrap_or_else(|e| panic!("{sql}: {e}")) else {
+            panic!("{sql} is not a query")
+        };
+        assert_eq!(generic, vec![*ours], "{sql}");
+    }
+    let Statement::Query(q) = parse("SELECT * FROM t VERSION AS OF 2").unwrap() else {
+        panic!()
+    };
+    assert!(q.to_string().contains("VERSION AS OF 2"), "{q}");
 }
