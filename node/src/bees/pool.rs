@@ -92,15 +92,6 @@ pub enum BeeState {
     Busy,
 }
 
-impl BeeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BeeState::Idle => "idle",
-            BeeState::Busy => "busy",
-        }
-    }
-}
-
 /// The pool. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BeePool {

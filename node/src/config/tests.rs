@@ -204,15 +204,18 @@ fn bad_config_is_a_clear_error() {
     assert!(e.message.contains("unknown field `memory`"), "{e}");
 }
 
+/// Why a config that parses is refused.
+fn refusal(toml: &str) -> String {
+    Config::from_toml(toml)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .message
+}
+
 #[test]
 fn bad_http_settings_are_refused() {
-    let bad = |toml: &str| {
-        Config::from_toml(toml)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .message
-    };
+    let bad = refusal;
     assert!(bad("[http]\nlisten = \"localhost\"").contains("http.listen"));
     assert!(bad("[http]\ntoken = \"short\"").contains("at least 16"));
     assert!(bad("[http]\ntoken = \"has spaces in the token!\"").contains("without spaces"));
@@ -228,13 +231,7 @@ fn bad_http_settings_are_refused() {
 
 #[test]
 fn bad_swarm_settings_are_refused() {
-    let bad = |toml: &str| {
-        Config::from_toml(toml)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .message
-    };
+    let bad = refusal;
     assert!(bad("[swarm]\nheartbeat_interval = \"10ms\"").contains("at least 100ms"));
     assert!(bad("[swarm]\nsuspect_after = 5\ndead_after = 5").contains("suspect_after <"));
     assert!(bad("[swarm]\nsuspect_after = 0").contains("suspect_after"));
