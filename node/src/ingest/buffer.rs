@@ -4,7 +4,10 @@
 //! is unit-tested on its own.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that the latency rule can be tested on paused time.
+use tokio::time::Instant;
 
 use super::wal::Record;
 use crate::names::FrameRef;
@@ -222,6 +225,20 @@ mod tests {
             vec![1, 10, 11, 12],
             "the oldest beyond the window, in order"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_buffer_is_due_when_its_oldest_record_reaches_the_latency() {
+        let mut st = State::default();
+        let latency = Duration::from_secs(5);
+        st.push(key("h.b.f"), rec(1, "t", "a"));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        st.push(key("h.b.f"), rec(2, "t", "b"));
+        assert!(st.take_due(false, usize::MAX, latency).is_empty());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let due = st.take_due(false, usize::MAX, latency);
+        assert_eq!(due.len(), 1, "5 s after the first record, not the last");
+        assert_eq!(due[0].1.len(), 2);
     }
 
     #[test]
