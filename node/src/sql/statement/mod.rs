@@ -7,10 +7,10 @@
 use std::fmt;
 
 use datafusion::sql::sqlparser::ast::{self, TableObject};
-use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
+pub use self::dialect::ApiaryDialect;
 use crate::error::{Error, Result};
 use crate::frames::Column;
 
@@ -64,114 +64,6 @@ pub enum Statement {
     Query(Box<ast::Statement>),
 }
 
-/// GenericDialect (DataFusion's) plus `VERSION AS OF` after a table name. sqlparser offers
-/// no way to extend a dialect, so this one says what GenericDialect says, method by method,
-/// and tells the parser it is GenericDialect (its `dialect_of!` checks); a test compares
-/// the two on a corpus of queries.
-#[derive(Debug, Default)]
-pub struct ApiaryDialect;
-
-macro_rules! like_generic {
-    ($($method:ident,)*) => {
-        $(fn $method(&self) -> bool {
-            GenericDialect {}.$method()
-        })*
-    };
-}
-
-impl Dialect for ApiaryDialect {
-    fn dialect(&self) -> std::any::TypeId {
-        std::any::TypeId::of::<GenericDialect>()
-    }
-
-    fn is_delimited_identifier_start(&self, ch: char) -> bool {
-        GenericDialect {}.is_delimited_identifier_start(ch)
-    }
-
-    fn is_identifier_start(&self, ch: char) -> bool {
-        GenericDialect {}.is_identifier_start(ch)
-    }
-
-    fn is_identifier_part(&self, ch: char) -> bool {
-        GenericDialect {}.is_identifier_part(ch)
-    }
-
-    fn supports_table_versioning(&self) -> bool {
-        true
-    }
-
-    like_generic!(
-        supports_unicode_string_literal,
-        supports_partition_by_after_order_by,
-        supports_array_join_syntax,
-        supports_group_by_expr,
-        supports_group_by_with_modifier,
-        supports_left_associative_joins_without_parens,
-        supports_connect_by,
-        supports_match_recognize,
-        supports_pipe_operator,
-        supports_start_transaction_modifier,
-        supports_window_function_null_treatment_arg,
-        supports_dictionary_syntax,
-        supports_window_clause_named_window_reference,
-        supports_parenthesized_set_variables,
-        supports_select_wildcard_except,
-        support_map_literal_syntax,
-        allow_extract_custom,
-        allow_extract_single_quotes,
-        supports_extract_comma_syntax,
-        supports_create_view_comment_syntax,
-        supports_parens_around_table_factor,
-        supports_values_as_table_factor,
-        supports_create_index_with_clause,
-        supports_explain_with_utility_options,
-        supports_limit_comma,
-        supports_update_order_by,
-        supports_from_first_select,
-        supports_projection_trailing_commas,
-        supports_asc_desc_in_column_definition,
-        supports_try_convert,
-        supports_bitwise_shift_operators,
-        supports_comment_on,
-        supports_load_extension,
-        supports_named_fn_args_with_assignment_operator,
-        supports_struct_literal,
-        supports_empty_projections,
-        supports_nested_comments,
-        supports_multiline_comment_hints,
-        supports_user_host_grantee,
-        supports_string_escape_constant,
-        supports_array_typedef_with_brackets,
-        supports_match_against,
-        supports_set_names,
-        supports_comma_separated_set_assignments,
-        supports_filter_during_aggregation,
-        supports_select_wildcard_exclude,
-        supports_data_type_signed_suffix,
-        supports_interval_options,
-        supports_quote_delimited_string,
-        supports_select_wildcard_replace,
-        supports_select_wildcard_ilike,
-        supports_select_wildcard_rename,
-        supports_optimize_table,
-        supports_install,
-        supports_detach,
-        supports_prewhere,
-        supports_with_fill,
-        supports_limit_by,
-        supports_interpolate,
-        supports_settings,
-        supports_select_format,
-        supports_comment_optimizer_hint,
-        supports_constraint_keyword_without_name,
-        supports_key_column_option,
-        supports_comma_separated_trim,
-        supports_cte_without_as,
-        supports_select_item_multi_column_alias,
-        supports_xml_expressions,
-    );
-}
-
 impl Statement {
     /// How the SQL reference (`docs/sql.md`) names the statement; `None` for DataFusion's own.
     pub fn syntax(&self) -> Option<&'static str> {
@@ -196,111 +88,6 @@ impl Statement {
             Statement::DropFunction { .. } => "DROP FUNCTION",
             Statement::Query(_) => return None,
         })
-    }
-}
-
-/// A name part, quoted: names keep the case they were parsed with.
-struct Quoted<'a>(&'a str);
-
-impl fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{}\"", self.0.replace('"', "\"\""))
-    }
-}
-
-/// A name of one to three parts.
-struct Dotted<'a>(&'a [String]);
-
-impl fmt::Display for Dotted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(".")?;
-            }
-            write!(f, "{}", Quoted(p))?;
-        }
-        Ok(())
-    }
-}
-
-/// The statement as SQL that parses back to it.
-impl fmt::Display for Statement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let if_not_exists = |b: bool| if b { "IF NOT EXISTS " } else { "" };
-        let if_exists = |b: bool| if b { "IF EXISTS " } else { "" };
-        match self {
-            Statement::UseHive(h) => write!(f, "USE HIVE {}", Quoted(h)),
-            Statement::UseBox(n) => write!(f, "USE BOX {}", Dotted(n)),
-            Statement::ShowHives => f.write_str("SHOW HIVES"),
-            Statement::ShowBoxes(None) => f.write_str("SHOW BOXES"),
-            Statement::ShowBoxes(Some(h)) => write!(f, "SHOW BOXES IN {}", Quoted(h)),
-            Statement::ShowFrames(None) => f.write_str("SHOW FRAMES"),
-            Statement::ShowFrames(Some(n)) => write!(f, "SHOW FRAMES IN {}", Dotted(n)),
-            Statement::Describe(n) => write!(f, "DESCRIBE {}", Dotted(n)),
-            Statement::CreateHive {
-                name,
-                if_not_exists: e,
-            } => write!(f, "CREATE HIVE {}{}", if_not_exists(*e), Quoted(name)),
-            Statement::CreateBox {
-                name,
-                if_not_exists: e,
-            } => write!(f, "CREATE BOX {}{}", if_not_exists(*e), Dotted(name)),
-            Statement::CreateFrame {
-                name,
-                columns,
-                partition_by,
-                if_not_exists: e,
-            } => {
-                write!(f, "CREATE FRAME {}{} (", if_not_exists(*e), Dotted(name))?;
-                for (i, c) in columns.iter().enumerate() {
-                    let sep = if i > 0 { ", " } else { "" };
-                    write!(f, "{sep}{} {}", Quoted(&c.name), c.spelt)?;
-                }
-                f.write_str(")")?;
-                if !partition_by.is_empty() {
-                    let cols: Vec<String> =
-                        partition_by.iter().map(|c| Quoted(c).to_string()).collect();
-                    write!(f, " PARTITIONED BY ({})", cols.join(", "))?;
-                }
-                Ok(())
-            }
-            Statement::DropFrame { name, if_exists: e } => {
-                write!(f, "DROP FRAME {}{}", if_exists(*e), Dotted(name))
-            }
-            Statement::Insert {
-                name,
-                columns,
-                source,
-                overwrite,
-            } => {
-                let how = if *overwrite {
-                    "OVERWRITE TABLE"
-                } else {
-                    "INTO"
-                };
-                write!(f, "INSERT {how} {}", Dotted(name))?;
-                if !columns.is_empty() {
-                    let cols: Vec<String> = columns.iter().map(|c| Quoted(c).to_string()).collect();
-                    write!(f, " ({})", cols.join(", "))?;
-                }
-                write!(f, " {source}")
-            }
-            Statement::CreateFunction {
-                name,
-                source,
-                replace,
-            } => write!(
-                f,
-                "CREATE {}FUNCTION {} AS '{}' LANGUAGE wasm",
-                if *replace { "OR REPLACE " } else { "" },
-                Quoted(name),
-                source.replace('\'', "''")
-            ),
-            Statement::DropFunction { name, if_exists: e } => {
-                write!(f, "DROP FUNCTION {}{}", if_exists(*e), Quoted(name))
-            }
-            Statement::Query(q) => write!(f, "{q}"),
-        }
     }
 }
 
@@ -764,5 +551,7 @@ fn parse_insert(statement: ast::Statement) -> Result<Statement> {
     })
 }
 
+mod dialect;
+mod display;
 #[cfg(test)]
 mod tests;
