@@ -59,3 +59,57 @@ def test_bad_rows_are_refused_whole(local_meadow):
     assert proc.returncode != 0
     assert proc.stderr.decode().startswith("error: ")
     assert DeltaTable(local_meadow.uri + "/lake/s/readings").version() == 2
+
+
+def test_a_new_json_field_is_a_column_deltalake_reads(tmp_path, apiary_binary):
+    """Ingest's schema evolution is a real Delta schema change: another reader sees the column."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    meadow = tmp_path / "meadow"
+    config = tmp_path / "apiary.toml"
+    config.write_text(
+        f'[node]\nstate_dir = "{tmp_path / "state"}"\n[meadow]\nuri = "{meadow}"\n'
+        f'[mqtt]\nlisten = "127.0.0.1:{port}"\n[http]\nenabled = false\n'
+        '[ingest]\nmax_latency = "200ms"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIARY_")}
+    node = subprocess.Popen([apiary_binary, "--config", str(config), "node"],
+                            stderr=subprocess.PIPE, env=env)
+    table = meadow / "evo" / "s" / "air"
+
+    def wait(what, ok, within=30):
+        deadline = time.monotonic() + within
+        while not ok():
+            assert node.poll() is None, node.stderr.read().decode()
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    def publish(payload):
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
+                        "-t", "apiary/evo/s/air", "-m", payload], check=True, timeout=30)
+
+    def rows():
+        try:
+            return DeltaTable(str(table)).to_pyarrow_table().num_rows
+        except Exception:
+            return 0
+
+    try:
+        wait("the broker", lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
+        publish('{"id": 1, "temp": 20.5}')
+        wait("the first row", lambda: rows() == 1)
+        publish('{"id": 2, "temp": 21.5, "humidity": 40.25}')
+        wait("the second row", lambda: rows() == 2)
+        dt = DeltaTable(str(table))
+        assert "humidity" in [f.name for f in dt.schema().fields]
+        got = dt.to_pyarrow_table().select(["id", "humidity"]).sort_by("id").to_pylist()
+        assert got == [{"id": 1, "humidity": None}, {"id": 2, "humidity": 40.25}]
+    finally:
+        node.terminate()
+        node.wait(timeout=30)

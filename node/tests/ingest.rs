@@ -627,3 +627,95 @@ async fn influx_line_protocol_lands_with_its_timestamps() {
     );
     node.stop();
 }
+
+/// A payload field the frame has no column for: by default the frame gains a nullable
+/// column (a Delta schema change) and the value lands; a route may reject such messages
+/// (to the rejects frame, naming the fields) or ignore the fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_fields_evolve_the_frame_or_are_rejected_or_ignored_as_the_route_says() {
+    let s = Setup::new();
+    let port = free_port();
+    let cfg = s.config(
+        "n",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        "[[ingest.routes]]\ntopic = \"rj/x\"\nframe = \"evo.s.rj\"\nnew_fields = \"reject\"\n\
+         [[ingest.routes]]\ntopic = \"ig/x\"\nframe = \"evo.s.ig\"\nnew_fields = \"ignore\"\n",
+    );
+    let node = Node::start(&cfg, &s.log("n"));
+    let first = |_| br#"{"id": 1, "temp": 20.5}"#.to_vec();
+    let second = |_| br#"{"id": 2, "temp": 21.5, "note": "door open", "n": 7}"#.to_vec();
+    for (topic, frame) in [
+        ("apiary/evo/s/ev", "evo.s.ev"),
+        ("rj/x", "evo.s.rj"),
+        ("ig/x", "evo.s.ig"),
+    ] {
+        publish("127.0.0.1", port, topic, 0..1, None, first).await;
+        s.wait_for_rows(frame, 1, Duration::from_secs(30));
+        publish("127.0.0.1", port, topic, 0..1, None, second).await;
+    }
+    let sql = |q: &str| {
+        let (ok, out, err) = s.m.run(&["sql", q, "--format", "csv"]);
+        assert!(ok, "{q}: {err}");
+        out
+    };
+    // evolve (the default route): both new fields are columns, the first row has nulls.
+    assert_eq!(
+        s.wait_for_rows("evo.s.ev", 2, Duration::from_secs(30)),
+        (2, 2)
+    );
+    assert_eq!(
+        sql("SELECT id, note, n FROM evo.s.ev ORDER BY id"),
+        "id,note,n\n1,,\n2,door open,7\n"
+    );
+    let types = sql("DESCRIBE evo.s.ev");
+    assert!(
+        types.contains("note,utf8") && types.contains("n,int64"),
+        "{types}"
+    );
+    // reject: the message is in the rejects frame with the fields named; the frame is as it was.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rejected = loop {
+        let (ok, out, _) = s.m.run(&[
+            "sql",
+            "SELECT error FROM evo.s.rj_rejects",
+            "--format",
+            "csv",
+        ]);
+        if ok && out.lines().count() > 1 || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(rejected.contains("no column for n, note"), "{rejected}");
+    assert_eq!(sql("SELECT count(*) AS c FROM evo.s.rj"), "c\n1\n");
+    assert!(!sql("DESCRIBE evo.s.rj").contains("note"));
+    // ignore: the row lands without the fields.
+    assert_eq!(
+        s.wait_for_rows("evo.s.ig", 2, Duration::from_secs(30)),
+        (2, 2)
+    );
+    assert!(!sql("DESCRIBE evo.s.ig").contains("note"));
+    // A type conflict with an evolved column goes to rejects, as any other.
+    publish("127.0.0.1", port, "apiary/evo/s/ev", 0..1, None, |_| {
+        br#"{"id": 3, "n": "seven"}"#.to_vec()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = s.m.run(&[
+            "sql",
+            "SELECT count(*) AS c FROM evo.s.ev_rejects",
+            "--format",
+            "csv",
+        ]);
+        if ok && out == "c\n1\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reject for the type conflict: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    node.stop();
+}

@@ -238,6 +238,22 @@ pub struct RouteConfig {
     /// A timestamp column set to the time the node received the message.
     #[serde(default)]
     pub received_at: Option<String>,
+    /// What a field the frame has no column for does to its message.
+    #[serde(default)]
+    pub new_fields: NewFields,
+}
+
+/// What ingestion does with a payload field the frame has no column for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NewFields {
+    /// Add a nullable column of the field's type (a Delta schema change), then store it.
+    #[default]
+    Evolve,
+    /// Send the message to the rejects frame, naming the fields.
+    Reject,
+    /// Store the message without those fields.
+    Ignore,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -333,10 +349,11 @@ section! {
     }
 }
 
-/// Our own info, others' warnings. Delta's commit retries under contention are routine, and
-/// the embedded broker logs every closed connection as an error.
-pub const DEFAULT_LOG: &str =
-    "warn,apiary=info,deltalake_core::kernel::transaction=error,rumqttd=off";
+/// Our own info, others' warnings. Delta's commit retries under contention are routine, the
+/// Delta kernel logs a time-travel request past the latest version (which the user gets as
+/// our error) as an error, and the embedded broker logs every closed connection as one.
+pub const DEFAULT_LOG: &str = "warn,apiary=info,deltalake_core::kernel::transaction=error,\
+     buoyant_kernel::snapshot::builder=off,rumqttd=off";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -16,6 +16,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitConflictError, CommitProperties, TransactionError};
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use parquet::basic::Compression;
@@ -112,6 +113,17 @@ pub struct Frame {
 impl Frame {
     pub fn version(&self) -> i64 {
         self.table.version().map(|v| v as i64).unwrap_or(-1)
+    }
+
+    /// Does the definition have columns the Delta table does not have yet?
+    fn lacks_columns(&self) -> Result<bool> {
+        let snapshot = self.table.snapshot()?;
+        let table = snapshot.schema();
+        Ok(self
+            .def
+            .columns
+            .iter()
+            .any(|c| table.field(&c.name).is_none()))
     }
 
     pub fn arrow_schema(&self) -> Result<SchemaRef> {
@@ -447,6 +459,11 @@ impl Frames {
             let mut writer = frame.table.clone().write(conformed.clone());
             if let Some(session) = &ctx.session {
                 writer = writer.with_session_state(session.clone());
+            }
+            // Columns added to the definition (schema evolution) join the table's schema
+            // in this commit.
+            if frame.lacks_columns()? {
+                writer = writer.with_schema_mode(SchemaMode::Merge);
             }
             let written = writer
                 .with_save_mode(mode)

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::types::ColumnType;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Dir, Key};
-use crate::meadow::{FORMAT_VERSION, Meadow};
+use crate::meadow::{FORMAT_VERSION, Meadow, encode_json};
 use crate::names::{FrameRef, validate_name};
 
 /// Default cap on distinct partition values of one frame (guards against a partition column
@@ -230,6 +230,49 @@ impl Registry {
                 def.frame
             )))
         }
+    }
+
+    /// Add nullable columns to a frame's definition (schema evolution). Columns another
+    /// writer added meanwhile are kept, and a name already there is not added again (its
+    /// type stays). The definition afterwards.
+    pub async fn add_columns(&self, frame: &FrameRef, columns: &[Column]) -> Result<FrameDef> {
+        let key = frame_key(frame);
+        for _ in 0..10 {
+            let Some(current) = self.meadow.get_json::<FrameDef>(&key).await? else {
+                return self.frame(frame).await;
+            };
+            let mut def = current.value;
+            let new: Vec<Column> = columns
+                .iter()
+                .filter(|c| !def.columns.iter().any(|d| d.name == c.name))
+                .cloned()
+                .collect();
+            if new.is_empty() {
+                return Ok(def);
+            }
+            for c in &new {
+                validate_name("column", &c.name)?;
+            }
+            def.columns.extend(new);
+            let body = encode_json(&def)?;
+            match self
+                .meadow
+                .put_if_match(&key, body.clone(), current.version)
+                .await
+            {
+                Ok(()) => return Ok(def),
+                Err(e) if e.kind == ErrorKind::Conflict => continue,
+                // A local directory: nodes share one machine, a plain write will do.
+                Err(e) if e.kind == ErrorKind::Unsupported => {
+                    self.meadow.put(&key, body).await?;
+                    return Ok(def);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::conflict(format!(
+            "frame {frame}: its definition kept changing while columns were added; try again"
+        )))
     }
 
     pub async fn drop_frame(&self, frame: &FrameRef) -> Result<FrameDef> {

@@ -2,11 +2,13 @@
 //! with their exactly-once markers (rejects first, then rows), creating frames from the
 //! first messages, and putting a failed commit's records back for the next round.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
 use tokio::sync::watch;
 
 use super::buffer::Key;
@@ -15,7 +17,7 @@ use super::route::Route;
 use super::status::COMMIT_SAMPLES;
 use super::wal::Record;
 use super::{Inner, now_ms};
-use crate::config::PayloadFormat;
+use crate::config::{NewFields, PayloadFormat};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frames::{FrameDef, Txn, WriteCtx, WriteMode};
 use crate::names::FrameRef;
@@ -24,6 +26,20 @@ use crate::names::FrameRef;
 const DECODE_CHUNK: usize = 8192;
 
 /// Where messages go whose topic names no valid frame.
+/// Payload fields of these rows the schema has no column for. The columns the route adds
+/// (topic levels, the receive time) are filled only where the frame has them.
+fn new_fields(route: &Route, schema: &Schema, rows: &[(usize, Row)]) -> BTreeSet<String> {
+    rows.iter()
+        .flat_map(|(_, r)| r.keys())
+        .filter(|k| {
+            schema.index_of(k).is_err()
+                && !route.columns.contains_key(*k)
+                && route.received_at.as_deref() != Some(k.as_str())
+        })
+        .cloned()
+        .collect()
+}
+
 pub(super) fn unroutable() -> FrameRef {
     FrameRef::new("apiary", "ingest", "unroutable").expect("a valid name")
 }
@@ -158,8 +174,8 @@ impl Inner {
             }
         };
         let mut batch: Option<Vec<RecordBatch>> = None;
-        if let Some(def) = &def {
-            let schema = crate::frames::arrow_schema(def)?;
+        if let Some(mut def) = def {
+            let mut schema = crate::frames::arrow_schema(&def)?;
             let csv_cols: Vec<String> = def
                 .columns
                 .iter()
@@ -178,12 +194,43 @@ impl Inner {
                     }
                     let i = c * DECODE_CHUNK + j;
                     match payload::rows(route, r, self.config.max_payload.0 as usize, &csv_cols) {
-                        Ok(rs) => rows.extend(rs.into_iter().map(|mut row| {
-                            row.retain(|k, _| schema.index_of(k).is_ok());
-                            (i, row)
-                        })),
+                        Ok(rs) => rows.extend(rs.into_iter().map(|row| (i, row))),
                         Err(e) => rejects.push((r, e)),
                     }
+                }
+                let new = new_fields(route, &schema, &rows);
+                if !new.is_empty() {
+                    match route.new_fields {
+                        NewFields::Ignore => {}
+                        NewFields::Reject => {
+                            rows.retain(|(i, row)| {
+                                let extra: Vec<&str> = row
+                                    .keys()
+                                    .filter(|k| new.contains(*k))
+                                    .map(String::as_str)
+                                    .collect();
+                                if extra.is_empty() {
+                                    return true;
+                                }
+                                rejects.push((
+                                    &records[*i],
+                                    format!(
+                                        "no column for {} in frame {} (the route takes no new fields)",
+                                        extra.join(", "),
+                                        key.frame
+                                    ),
+                                ));
+                                false
+                            });
+                        }
+                        NewFields::Evolve => {
+                            def = self.evolve(route, &key.frame, &new, &rows).await?;
+                            schema = crate::frames::arrow_schema(&def)?;
+                        }
+                    }
+                }
+                for (_, row) in &mut rows {
+                    row.retain(|k, _| schema.index_of(k).is_ok());
                 }
                 let (b, bad) = payload::decode_each(&schema, &def.partition_by, &rows);
                 batches.extend(b);
@@ -301,6 +348,37 @@ impl Inner {
             Err(e) if e.kind == ErrorKind::AlreadyExists => reg.frame(frame).await,
             Err(e) => Err(e),
         }
+    }
+
+    /// Add columns for new fields to the frame (their types inferred from the rows that
+    /// have them); fields that cannot be column names stay out, and their rows are left to
+    /// fail as type conflicts do: in the rejects frame.
+    pub(super) async fn evolve(
+        &self,
+        route: &Route,
+        frame: &FrameRef,
+        new: &BTreeSet<String>,
+        rows: &[(usize, Row)],
+    ) -> Result<FrameDef> {
+        let sample: Vec<Row> = rows
+            .iter()
+            .map(|(_, r)| {
+                r.iter()
+                    .filter(|(k, _)| new.contains(*k) && crate::names::is_name(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Row>()
+            })
+            .filter(|r| !r.is_empty())
+            .take(1000)
+            .collect();
+        if sample.is_empty() {
+            return self.frames.registry().frame(frame).await;
+        }
+        let columns = payload::infer_columns(route, &sample).map_err(Error::invalid)?;
+        let def = self.frames.registry().add_columns(frame, &columns).await?;
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        tracing::info!(frame = %frame, columns = ?names, "added columns for new fields");
+        Ok(def)
     }
 
     pub(super) async fn ensure_rejects_frame(&self, frame: &FrameRef) -> Result<()> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{PayloadFormat, RouteConfig};
+use crate::config::{NewFields, PayloadFormat, RouteConfig};
 use crate::error::{Error, Result};
 use crate::names::FrameRef;
 
@@ -21,6 +21,7 @@ pub struct Route {
     /// column → topic level index
     pub columns: BTreeMap<String, usize>,
     pub received_at: Option<String>,
+    pub new_fields: NewFields,
 }
 
 impl Route {
@@ -32,6 +33,7 @@ impl Route {
             format: PayloadFormat::Json,
             columns: BTreeMap::new(),
             received_at: Some(RECEIVED_AT.into()),
+            new_fields: NewFields::Evolve,
         }
     }
 
@@ -59,6 +61,7 @@ impl Route {
             format: c.format,
             columns,
             received_at: c.received_at.clone(),
+            new_fields: c.new_fields,
         })
     }
 
@@ -149,8 +152,10 @@ mod tests {
             format: PayloadFormat::Json,
             columns: [("device".to_string(), "{1}".to_string())].into(),
             received_at: None,
+            new_fields: NewFields::Reject,
         };
         let r = Route::from_config(0, &c).unwrap();
+        assert_eq!(r.new_fields, NewFields::Reject);
         assert_eq!(
             r.topic_columns("sensors/d7/temp"),
             vec![("device".to_string(), "d7".to_string())]
