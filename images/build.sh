@@ -31,7 +31,8 @@ packages=(
   openssh-server wpasupplicant wireless-regdb ca-certificates cloud-guest-utils
 )
 
-need_commands mmdebstrap:mmdebstrap mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk \
+# arch-test: mmdebstrap checks with it that the foreign architecture runs (a Recommends).
+need_commands mmdebstrap:mmdebstrap arch-test:arch-test mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk \
   mkfs.ext4:e2fsprogs xz:xz-utils qemu-aarch64-static:qemu-user-static file:file
 [ -x "$bin" ] || "$REPO/scripts/cross-build.sh" aarch64-unknown-linux-gnu
 file -b "$bin" | grep -q 'ARM aarch64' || { echo "$bin is not an aarch64 binary" >&2; exit 2; }
