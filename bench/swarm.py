@@ -98,7 +98,7 @@ listen = "127.0.0.1:{free_port()}"
         path = os.path.join(root, f"{name}.toml")
         with open(path, "w") as f:
             f.write(config)
-        env = dict(os.environ, APIARY_LOG="warn,apiary=info,rumqttd=off")
+        env = dict(os.environ, APIARY_LOG="warn,apiary=info")
         env.pop("APIARY_STORAGE", None)
         self.proc = subprocess.Popen(
             [binary, "--config", path, "node"],

@@ -19,10 +19,12 @@ pub mod names;
 pub mod node;
 pub mod output;
 pub mod remote;
+pub(crate) mod secret;
 pub mod service;
 pub mod sql;
 pub(crate) mod swarm;
 pub mod telemetry;
+pub(crate) mod tls;
 pub(crate) mod udf;
 
 pub use api::Apiary;

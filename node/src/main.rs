@@ -105,6 +105,19 @@ enum Command {
     /// The config file (--config, APIARY_CONFIG or /etc/apiary/apiary.toml)
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Credentials of the embedded MQTT listener
+    #[command(subcommand)]
+    Mqtt(MqttCmd),
+}
+
+#[derive(Subcommand)]
+enum MqttCmd {
+    /// Hash a password (the first line on standard input) for an [[mqtt.users]] entry and
+    /// print the entry
+    Passwd { name: String },
+    /// Print the device credential (user and password) and, with mqtt.tls_listen, the TLS
+    /// certificate's SHA-256 fingerprint; both are made in the state dir if missing
+    Credentials,
 }
 
 #[derive(Subcommand)]
@@ -197,7 +210,7 @@ fn main() -> ExitCode {
     let work = async {
         match &cli.remote {
             // The config file is this machine's, remote or not.
-            Some(url) if !matches!(cli.command, Command::Config(_)) => {
+            Some(url) if !matches!(cli.command, Command::Config(_) | Command::Mqtt(_)) => {
                 run_remote(cli.command, url, cli.token.as_deref(), &config).await
             }
             _ => run(cli.command, config, cli.config).await,
@@ -242,6 +255,33 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
     if let Command::Ingest(IngestCmd::Status) = command {
         // Read what the running node wrote; this process does not open the meadow.
         return print_json(&apiary::ingest::read_status(&config.node.state_dir)?);
+    }
+    if let Command::Mqtt(cmd) = command {
+        return match cmd {
+            MqttCmd::Passwd { name } => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                let password = line.trim_end_matches(['\r', '\n']);
+                if password.is_empty() {
+                    return Err(Error::invalid(
+                        "no password: write it as the first line on standard input",
+                    ));
+                }
+                let hash = apiary::ingest::hash_password(password)?;
+                println!(
+                    "[[mqtt.users]]\nname = {name:?}\npassword_hash = {hash:?}\npublish = [\"#\"]"
+                );
+                Ok(())
+            }
+            MqttCmd::Credentials => {
+                let c = apiary::ingest::device_credentials(&config)?;
+                println!("user = {:?}\npassword = {:?}", c.user, c.password);
+                if let Some(fp) = c.tls_sha256 {
+                    println!("mqtts_sha256 = {fp:?}");
+                }
+                Ok(())
+            }
+        };
     }
     if let Command::Config(cmd) = command {
         // `main` has loaded and checked the config already; nothing here opens the meadow.
@@ -346,7 +386,7 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
         Command::Bees => print_json(&apiary.bee_status()),
         Command::Colony => print_json(&apiary.colony_status()),
         Command::Swarm => print_json(&apiary.swarm_status().await?),
-        Command::Ingest(IngestCmd::Status) | Command::Config(_) => {
+        Command::Ingest(IngestCmd::Status) | Command::Config(_) | Command::Mqtt(_) => {
             unreachable!("handled before opening the meadow")
         }
     }

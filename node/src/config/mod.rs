@@ -170,25 +170,65 @@ section! {
 
 section! {
     "mqtt" => pub struct MqttConfig {
-        /// An external broker, `mqtt://host:port` or `mqtts://host:8883` (TLS); none: start the
-        /// embedded broker.
+        /// An external broker, `mqtt://host:port` or `mqtts://host:8883` (TLS); none: the
+        /// node's own listener takes publishes (`listen`, `tls_listen`).
         #[env = "APIARY_MQTT_URL"]
         pub url: Option<String> = None,
         /// PEM file with the CA certificate(s) an `mqtts://` broker's certificate must chain
         /// to; default: the system's trusted roots.
         pub ca_file: Option<PathBuf> = None,
-        /// Where the embedded broker listens.
+        /// Where the embedded listener takes MQTT (`host:port`); empty: no plain listener.
         #[env = "APIARY_MQTT_LISTEN"]
         pub listen: String = "127.0.0.1:1883".into(),
-        /// Client id (stable, for a persistent session); default `apiary-<node id>`.
+        /// Where it takes MQTT over TLS, e.g. `0.0.0.0:8883`; empty: none.
+        #[env = "APIARY_MQTT_TLS_LISTEN"]
+        pub tls_listen: String = String::new(),
+        /// PEM certificate chain for `tls_listen`; with `tls_key`. Default: a self-signed
+        /// certificate made at first start in `<state_dir>/mqtt-tls/` (fingerprint in
+        /// `cert.sha256` there).
+        pub tls_cert: Option<PathBuf> = None,
+        /// PEM private key for `tls_cert`.
+        pub tls_key: Option<PathBuf> = None,
+        /// Let clients publish without a user name. Default: only when every listener is on
+        /// loopback (as Mosquitto 2).
+        pub allow_anonymous: Option<bool> = None,
+        /// Who may publish: `[[mqtt.users]]` tables with `name`, `password_hash` (argon2, from
+        /// `apiary mqtt passwd <name>`) and `publish` (topic filters, default all). With a
+        /// listener beyond loopback and no users, the user `device` logs in with the password
+        /// made at first start in `<state_dir>/mqtt-password`.
+        pub users: Vec<MqttUser> = vec![],
+        /// Publisher connections at once on the embedded listener.
+        pub max_connections: usize = 64,
+        /// Bytes of received messages not yet in the write-ahead log, across the embedded
+        /// listener's connections; when they are all taken, connections wait.
+        pub inflight_bytes: ByteSize = ByteSize(16 << 20),
+        /// Client id (stable, for a persistent session) at an external broker; default
+        /// `apiary-<node id>`.
         pub client_id: Option<String> = None,
-        /// The broker's user name for this node.
+        /// The external broker's user name for this node.
         pub username: Option<String> = None,
         /// Its password (never logged).
         pub password: Option<String> = None,
-        /// Messages the broker may send before we ack (our ack window).
+        /// Messages not yet acked at once: what a publisher may send ahead on the embedded
+        /// listener (its receive maximum), or the external broker may send us.
         pub inflight: u16 = 1000,
     }
+}
+
+/// One `[[mqtt.users]]` entry: a publisher's credential on the embedded listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    pub name: String,
+    /// An argon2 hash in PHC form (`$argon2id$v=19$...`), from `apiary mqtt passwd`.
+    pub password_hash: String,
+    /// Topic filters it may publish to.
+    #[serde(default = "all_topics")]
+    pub publish: Vec<String>,
+}
+
+fn all_topics() -> Vec<String> {
+    vec!["#".to_string()]
 }
 
 section! {
@@ -353,7 +393,7 @@ section! {
 /// Delta kernel logs a time-travel request past the latest version (which the user gets as
 /// our error) as an error, and the embedded broker logs every closed connection as one.
 pub const DEFAULT_LOG: &str = "warn,apiary=info,deltalake_core::kernel::transaction=error,\
-     buoyant_kernel::snapshot::builder=off,rumqttd=off";
+     buoyant_kernel::snapshot::builder=off";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -84,33 +84,8 @@ pub fn token(config: &HttpConfig, state_dir: &Path) -> Result<String> {
     if let Some(t) = &config.token {
         return Ok(t.clone());
     }
-    let path = state_dir.join("api-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        let t = t.trim();
-        if t.len() >= crate::config::MIN_TOKEN_LEN {
-            return Ok(t.to_string());
-        }
-    }
-    std::fs::create_dir_all(state_dir)?;
-    let mut bytes = [0u8; 32];
-    rand::Rng::fill(&mut rand::rng(), &mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = state_dir.join("api-token.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    tracing::info!(path = %path.display(), "made an API token");
-    Ok(token)
+    // 32 bytes: 64 hex digits, well over MIN_TOKEN_LEN.
+    crate::secret::read_or_make(&state_dir.join("api-token"), 32)
 }
 
 /// Bind and serve until `shutdown`.
@@ -121,7 +96,11 @@ pub async fn serve(
 ) -> Result<Server> {
     let token = token(config, &apiary.config().node.state_dir)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(
+            cert,
+            key,
+            ("http.tls_cert", "http.tls_key"),
+        )?),
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -195,30 +174,6 @@ where
     let _ = builder
         .serve_connection(TokioIo::new(stream), service)
         .await;
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|e| Error::invalid(format!("http.tls_cert {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(Error::invalid(format!(
-            "http.tls_cert {}: no certificate in it",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::invalid(format!("http.tls_key {}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::internal(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::invalid(format!("http.tls_cert/tls_key: {e}")))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn router(state: Arc<AppState>, config: &HttpConfig) -> Router {

@@ -33,8 +33,8 @@ pub(super) struct State {
     buffers: BTreeMap<Key, Buffer>,
     /// Committed sequences not yet trimmed from the WAL (kept for redelivery checks).
     committed: VecDeque<u64>,
-    /// content hash (topic + payload) → (sequence, connection) of recent messages, and the
-    /// order they came in (to forget the oldest)
+    /// redelivery key ([`redelivery_key`]) → (sequence, connection) of recent messages, and
+    /// the order they came in (to forget the oldest)
     recent: HashMap<u64, (u64, u64)>,
     recent_order: VecDeque<(u64, u64)>,
     /// txn versions we know per (frame, rejects?, route)
@@ -46,7 +46,7 @@ pub(super) struct State {
 impl State {
     /// Note a message for redelivery checks, forgetting the oldest past the window.
     pub fn remember(&mut self, rec: &Record, connection: u64) {
-        let h = content_hash(&rec.topic, &rec.payload);
+        let h = redelivery_key(&rec.session, rec.pkid, &rec.topic, &rec.payload);
         self.recent.insert(h, (rec.seq, connection));
         self.recent_order.push_back((h, rec.seq));
         while self.recent_order.len() as u64 > DEDUPE_TAIL {
@@ -57,21 +57,21 @@ impl State {
         }
     }
 
-    /// The sequence of a message with these bytes received on an earlier connection than
+    /// The sequence of a message with this key received on an earlier connection than
     /// `connection`, if one is remembered.
-    pub fn seen_before(&self, topic: &str, payload: &[u8], connection: u64) -> Option<u64> {
+    pub fn seen_before(&self, key: u64, connection: u64) -> Option<u64> {
         self.recent
-            .get(&content_hash(topic, payload))
+            .get(&key)
             .filter(|(_, seen_on)| *seen_on < connection)
             .map(|(seq, _)| *seq)
     }
 
-    /// Is record `seq` with these bytes waiting in a buffer?
-    pub fn buffered(&self, seq: u64, topic: &str, payload: &[u8]) -> bool {
+    /// Is a record that `same` accepts waiting in a buffer?
+    pub fn buffered(&self, same: impl Fn(&Record) -> bool) -> bool {
         self.buffers
             .values()
             .flat_map(|b| b.records.iter())
-            .any(|r| r.seq == seq && r.topic == topic && r.payload == payload)
+            .any(same)
     }
 
     /// Buffer a record for its frame.
@@ -143,9 +143,17 @@ impl State {
     }
 }
 
-fn content_hash(topic: &str, payload: &[u8]) -> u64 {
+/// What identifies a message sent again after a lost ack. From a publisher on the embedded
+/// listener: its session (client id), the packet id (the same on a resend, by the MQTT
+/// specification) and the content. From an external broker only the content: brokers may
+/// give a resent message a new packet id (mosquitto does).
+pub(super) fn redelivery_key(session: &str, pkid: u16, topic: &str, payload: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    session.hash(&mut h);
+    if !session.is_empty() {
+        pkid.hash(&mut h);
+    }
     topic.hash(&mut h);
     payload.hash(&mut h);
     h.finish()
@@ -161,6 +169,7 @@ mod tests {
             route: 0,
             received_ms: 0,
             pkid: seq as u16,
+            session: String::new(),
             topic: topic.into(),
             payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
         }
@@ -177,18 +186,41 @@ mod tests {
     fn a_redelivery_is_recognised_only_from_an_earlier_connection() {
         let mut st = State::default();
         st.remember(&rec(7, "t", "21.5"), 1);
+        let key = |t: &str, p: &[u8]| redelivery_key("", 99, t, p);
         assert_eq!(
-            st.seen_before("t", b"21.5", 2),
+            st.seen_before(key("t", b"21.5"), 2),
             Some(7),
-            "resent after a reconnect"
+            "resent after a reconnect (by a broker: any packet id)"
         );
         assert_eq!(
-            st.seen_before("t", b"21.5", 1),
+            st.seen_before(key("t", b"21.5"), 1),
             None,
             "same connection: a new reading"
         );
-        assert_eq!(st.seen_before("t", b"22.0", 2), None, "other bytes");
-        assert_eq!(st.seen_before("u", b"21.5", 2), None, "other topic");
+        assert_eq!(st.seen_before(key("t", b"22.0"), 2), None, "other bytes");
+        assert_eq!(st.seen_before(key("u", b"21.5"), 2), None, "other topic");
+    }
+
+    #[test]
+    fn from_a_publisher_a_redelivery_has_its_session_and_packet_id() {
+        let mut st = State::default();
+        let mut r = rec(7, "t", "21.5");
+        r.session = "sensor-1".into();
+        r.pkid = 12;
+        st.remember(&r, 1);
+        let key = |s: &str, pkid: u16| redelivery_key(s, pkid, "t", b"21.5");
+        assert_eq!(st.seen_before(key("sensor-1", 12), 2), Some(7));
+        assert_eq!(
+            st.seen_before(key("sensor-1", 13), 2),
+            None,
+            "the same reading under another packet id is a new one"
+        );
+        assert_eq!(
+            st.seen_before(key("sensor-2", 12), 2),
+            None,
+            "another publisher"
+        );
+        assert_eq!(st.seen_before(key("", 12), 2), None, "not from a broker");
     }
 
     #[test]
@@ -197,9 +229,10 @@ mod tests {
         for seq in 0..DEDUPE_TAIL + 10 {
             st.remember(&rec(seq, "t", &seq.to_string()), 1);
         }
-        assert_eq!(st.seen_before("t", b"0", 2), None);
-        assert_eq!(st.seen_before("t", b"9", 2), None);
-        assert_eq!(st.seen_before("t", b"10", 2), Some(10));
+        let key = |p: &[u8]| redelivery_key("", 0, "t", p);
+        assert_eq!(st.seen_before(key(b"0"), 2), None);
+        assert_eq!(st.seen_before(key(b"9"), 2), None);
+        assert_eq!(st.seen_before(key(b"10"), 2), Some(10));
         assert_eq!(st.recent.len() as u64, DEDUPE_TAIL);
     }
 
@@ -208,13 +241,13 @@ mod tests {
         let mut st = State::default();
         st.push(key("h.b.small"), rec(1, "t", "x"));
         st.push(key("h.b.big"), rec(2, "t", &"y".repeat(100)));
-        assert!(st.buffered(1, "t", b"x"));
+        assert!(st.buffered(|r| r.seq == 1));
         let due = st.take_due(false, 100, Duration::from_secs(60));
         assert_eq!(due.len(), 1, "only the big one");
         assert_eq!(due[0].0, key("h.b.big"));
         let all = st.take_due(true, 100, Duration::from_secs(60));
         assert_eq!(all.len(), 1);
-        assert!(!st.buffered(1, "t", b"x"));
+        assert!(!st.buffered(|r| r.seq == 1));
         let before = st.backlog_bytes;
         assert!(st.committed(&all[0].1).is_empty());
         assert_eq!(st.backlog_bytes, before - all[0].1[0].size());

@@ -1,17 +1,14 @@
-//! The MQTT side of ingestion: the connection to the broker (embedded or external, TCP or
-//! TLS), taking publishes, writing them to the WAL in groups and acking them in receive order
-//! once durable; redeliveries after a lost ack are recognised and acked without storing.
+//! The connection to an external broker (TCP or TLS): subscribed to the routes' filters,
+//! each publish handed to the intake, acked (manually) once the intake has stored it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::wal::Record;
-use super::{Inner, now_ms};
+use super::intake::{Ack, Arrival};
 use crate::config::MqttConfig;
 use crate::error::{Error, Result};
 
@@ -79,61 +76,43 @@ pub(super) fn tls_transport(mqtt: &MqttConfig) -> Result<rumqttc::Transport> {
     )))
 }
 
-impl Inner {
-    pub(super) fn acks_allowed(&self) -> bool {
-        let backlog = self.state.lock().expect("ingest lock").backlog_bytes;
-        let cap = self.config.wal_max.0.max(1) as usize;
-        self.pool
-            .colony()
-            .set_ingest_backlog(backlog as f64 / cap as f64);
-        backlog < cap && self.pool.acks_ingest()
-    }
+/// The connection to an external broker: subscribed to the routes' filters, handing each
+/// publish to the intake with its manual ack.
+pub(super) struct BrokerDoor {
+    pub client: AsyncClient,
+    driver: JoinHandle<()>,
+}
 
-    /// Is this a message we already have, sent again because our ack was lost? Brokers
-    /// flag such resends as DUP on a later connection, but may give them new packet ids
-    /// (mosquitto does), so: a DUP message whose topic and bytes match one received on an
-    /// earlier connection.
-    pub(super) fn is_redelivery(&self, p: &Publish, connection: u64, unflushed: &[Record]) -> bool {
-        if !p.dup {
-            return false;
-        }
-        let seen = self
-            .state
-            .lock()
-            .expect("ingest lock")
-            .seen_before(&p.topic, &p.payload, connection);
-        let Some(seq) = seen else {
-            return false;
-        };
-        let same = |r: &Record| r.seq == seq && r.topic == p.topic && r.payload == p.payload;
-        unflushed.iter().any(same)
-            || matches!(self.wal.get(seq), Ok(Some(r)) if same(&r))
-            || self
-                .state
-                .lock()
-                .expect("ingest lock")
-                .buffered(seq, &p.topic, &p.payload)
-    }
-
-    /// Drive the MQTT connection in its own task (so no event is lost to a cancelled poll)
-    /// and hand publishes over a channel.
-    pub(super) fn drive(
-        client: AsyncClient,
-        mut events: EventLoop,
+impl BrokerDoor {
+    /// Drive the MQTT connection in its own task (so no event is lost to a cancelled poll).
+    pub(super) fn open(
+        options: MqttOptions,
         filters: Vec<String>,
-        tx: mpsc::Sender<(u64, Publish)>,
+        tx: mpsc::Sender<Arrival>,
         subscribed: watch::Sender<bool>,
-    ) -> JoinHandle<()> {
-        tokio::spawn(async move {
+    ) -> BrokerDoor {
+        let (client, mut events) = AsyncClient::new(options, 10_000);
+        let subscriber = client.clone();
+        let driver = tokio::spawn(async move {
             // Connections are numbered from 1; what the WAL held at start counts as 0.
             let mut connection = 0u64;
+            let session: Arc<str> = Arc::from("");
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subscribed.send(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send((connection, p)).await.is_err() {
+                        let arrival = Arrival {
+                            connection,
+                            session: session.clone(),
+                            topic: p.topic.clone(),
+                            payload: p.payload.clone(),
+                            pkid: p.pkid,
+                            dup: p.dup,
+                            ack: Ack::Broker(p),
+                        };
+                        if tx.send(arrival).await.is_err() {
                             return;
                         }
                     }
@@ -145,7 +124,8 @@ impl Inner {
                         );
                         // A persistent session keeps subscriptions; subscribing again is harmless.
                         for f in &filters {
-                            if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
+                            if let Err(e) = subscriber.subscribe(f.clone(), QoS::AtLeastOnce).await
+                            {
                                 tracing::warn!(filter = %f, error = %e, "subscribe failed");
                             }
                         }
@@ -161,136 +141,19 @@ impl Inner {
                     }
                 }
             }
-        })
+        });
+        BrokerDoor { client, driver }
     }
 
-    pub(super) fn record(&self, p: &Publish) -> Option<Record> {
-        let route = self.route_for(&p.topic)?;
-        let seq = match self.wal.next_seq() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "write-ahead log failed");
-                return None;
-            }
-        };
-        Some(Record {
-            seq,
-            route,
-            received_ms: now_ms(),
-            pkid: p.pkid,
-            topic: p.topic.clone(),
-            payload: p.payload.clone(),
-        })
-    }
-
-    pub(super) async fn receive(
-        self: Arc<Self>,
-        client: AsyncClient,
-        events: EventLoop,
-        filters: Vec<String>,
-        mut stop: watch::Receiver<bool>,
-        subscribed: watch::Sender<bool>,
-    ) {
-        let (tx, mut rx) = mpsc::channel::<(u64, Publish)>(self.config.flush_messages.max(1) * 4);
-        let driver = Self::drive(client.clone(), events, filters, tx, subscribed);
-        let mut pending: Vec<Publish> = Vec::new();
-        let mut records: Vec<Record> = Vec::new();
-        let mut held: Vec<Publish> = Vec::new();
-        let mut tick = tokio::time::interval(self.config.flush_interval.0);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                _ = tick.tick() => {
-                    self.flush(&client, &mut pending, &mut records, &mut held).await;
-                }
-                p = rx.recv() => {
-                    let Some((connection, p)) = p else { break };
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    if self.is_redelivery(&p, connection, &records) {
-                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    } else if let Some(rec) = self.record(&p) {
-                        self.state.lock().expect("ingest lock").remember(&rec, connection);
-                        records.push(rec);
-                    }
-                    // Unroutable messages are acked too: no route wants them.
-                    pending.push(p);
-                    if pending.len() >= self.config.flush_messages {
-                        self.flush(&client, &mut pending, &mut records, &mut held).await;
-                    }
-                }
-            }
-        }
-        // Store what already arrived, ack it, then leave cleanly.
-        while let Ok((_, p)) = rx.try_recv() {
-            if let Some(rec) = self.record(&p) {
-                records.push(rec);
-            }
-            pending.push(p);
-        }
-        self.flush(&client, &mut pending, &mut records, &mut held)
-            .await;
-        drop(rx);
-        let _ = client.disconnect().await;
-        if tokio::time::timeout(Duration::from_secs(2), driver)
+    /// Leave the broker cleanly (after the intake has acked what it stored).
+    pub(super) async fn close(self) {
+        let _ = self.client.disconnect().await;
+        if tokio::time::timeout(Duration::from_secs(2), self.driver)
             .await
             .is_err()
         {
             tracing::warn!("MQTT connection did not close in time");
         }
-    }
-
-    /// Group commit: write and flush the WAL, then ack in receive order (unless the node is
-    /// critical or the backlog is over its cap: then the acks wait and the broker holds).
-    pub(super) async fn flush(
-        &self,
-        client: &AsyncClient,
-        pending: &mut Vec<Publish>,
-        records: &mut Vec<Record>,
-        held: &mut Vec<Publish>,
-    ) {
-        if !records.is_empty() {
-            let durable = match self.wal.write(records) {
-                Ok(()) => self.wal.flush().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = durable {
-                // Not durable: do not ack; the broker will send these again.
-                tracing::error!(error = %e, "write-ahead log failed; messages left with the broker");
-                records.clear();
-                pending.clear();
-                return;
-            }
-            let mut st = self.state.lock().expect("ingest lock");
-            for rec in records.drain(..) {
-                st.push(self.key_for(&rec), rec);
-            }
-        }
-        held.append(pending);
-        if held.is_empty() {
-            return;
-        }
-        if !self.acks_allowed() {
-            self.stats
-                .held_acks
-                .store(held.len() as u64, Ordering::Relaxed);
-            self.stats.ack_pauses.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        // Never wait on the connection here: it may be waiting for us to take publishes
-        // (a full request channel keeps the rest for the next tick).
-        let mut sent = 0;
-        for p in held.iter() {
-            if client.try_ack(p).is_err() {
-                break;
-            }
-            sent += 1;
-        }
-        held.drain(..sent);
-        self.stats.acked.fetch_add(sent as u64, Ordering::Relaxed);
-        self.stats
-            .held_acks
-            .store(held.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -368,6 +368,7 @@ mod tests {
             route: 0,
             received_ms: 1_764_000_000_000,
             pkid: 1,
+            session: String::new(),
             topic: "apiary/h/b/f".into(),
             payload: Bytes::from(payload.to_string()),
         }

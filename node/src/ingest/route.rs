@@ -89,7 +89,7 @@ impl Route {
     }
 }
 
-fn validate_filter(filter: &str) -> Result<()> {
+pub fn validate_filter(filter: &str) -> Result<()> {
     let levels: Vec<&str> = filter.split('/').collect();
     let ok = !filter.is_empty()
         && levels.iter().enumerate().all(|(i, l)| match *l {

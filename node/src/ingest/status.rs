@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 pub(super) struct Stats {
     pub(super) received: AtomicU64,
     pub(super) duplicates: AtomicU64,
+    /// messages no route takes (acked and dropped)
+    pub(super) unrouted: AtomicU64,
     pub(super) committed_rows: AtomicU64,
     pub(super) rejected: AtomicU64,
     pub(super) commits: AtomicU64,
@@ -43,6 +45,9 @@ pub struct IngestStatus {
     pub committed_rows: u64,
     pub rejected: u64,
     pub duplicates: u64,
+    /// messages no route takes (acked and dropped, as by a broker without subscribers)
+    #[serde(default)]
+    pub unrouted: u64,
     pub commits: u64,
     pub wal_records: u64,
     pub backlog_bytes: u64,
@@ -104,6 +109,7 @@ impl Inner {
             committed_rows: s.committed_rows.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
             duplicates: s.duplicates.load(Ordering::Relaxed),
+            unrouted: s.unrouted.load(Ordering::Relaxed),
             commits: s.commits.load(Ordering::Relaxed),
             wal_records: self.wal.len() as u64,
             backlog_bytes: backlog as u64,

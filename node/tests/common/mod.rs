@@ -221,8 +221,7 @@ impl Node {
             .env_remove("APIARY_STORAGE")
             .env(
                 "APIARY_LOG",
-                std::env::var("APIARY_TEST_NODE_LOG")
-                    .unwrap_or_else(|_| "warn,apiary=info,rumqttd=off".into()),
+                std::env::var("APIARY_TEST_NODE_LOG").unwrap_or_else(|_| "warn,apiary=info".into()),
             )
             .stdout(Stdio::null())
             .stderr(err)
