@@ -1,6 +1,6 @@
 //! What ingestion holds between the write-ahead log and a commit, as plain data with no I/O:
 //! the records waiting per (route, frame), the committed sequences kept for redelivery
-//! checks, and recent messages by content. The exactly-once bookkeeping lives here, so it
+//! checks, and recent messages by identity. The exactly-once bookkeeping lives here, so it
 //! is unit-tested on its own.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -33,9 +33,9 @@ pub(super) struct State {
     buffers: BTreeMap<Key, Buffer>,
     /// Committed sequences not yet trimmed from the WAL (kept for redelivery checks).
     committed: VecDeque<u64>,
-    /// redelivery key ([`redelivery_key`]) → (sequence, connection) of recent messages, and
-    /// the order they came in (to forget the oldest)
-    recent: HashMap<u64, (u64, u64)>,
+    /// recent messages by [`Identity::slot`], and the order they came in (to forget the
+    /// oldest)
+    recent: HashMap<u64, Seen>,
     recent_order: VecDeque<(u64, u64)>,
     /// txn versions we know per (frame, rejects?, route)
     pub versions: HashMap<(FrameRef, bool, u32), i64>,
@@ -45,25 +45,48 @@ pub(super) struct State {
 
 impl State {
     /// Note a message for redelivery checks, forgetting the oldest past the window.
-    pub fn remember(&mut self, rec: &Record, connection: u64) {
-        let h = redelivery_key(&rec.session, rec.pkid, &rec.topic, &rec.payload);
-        self.recent.insert(h, (rec.seq, connection));
-        self.recent_order.push_back((h, rec.seq));
+    /// `answered`: its ack is known to have been sent (not so for what the WAL held at
+    /// start, see [`State::replayed`]).
+    pub fn remember(&mut self, rec: &Record, connection: u64, answered: bool) {
+        let id = Identity::of(&rec.session, rec.pkid, &rec.topic, &rec.payload);
+        self.recent.insert(
+            id.slot,
+            Seen {
+                seq: rec.seq,
+                connection,
+                content: id.content,
+                answered,
+            },
+        );
+        self.recent_order.push_back((id.slot, rec.seq));
         while self.recent_order.len() as u64 > DEDUPE_TAIL {
             let (old, seq) = self.recent_order.pop_front().expect("not empty");
-            if self.recent.get(&old).is_some_and(|(s, _)| *s == seq) {
+            if self.recent.get(&old).is_some_and(|s| s.seq == seq) {
                 self.recent.remove(&old);
             }
         }
     }
 
-    /// The sequence of a message with this key received on an earlier connection than
-    /// `connection`, if one is remembered.
-    pub fn seen_before(&self, key: u64, connection: u64) -> Option<u64> {
+    /// The message `seq` was answered (its ack sent).
+    pub fn answered(&mut self, id: &Identity, seq: u64) {
+        if let Some(s) = self.recent.get_mut(&id.slot)
+            && s.seq == seq
+        {
+            s.answered = true;
+        }
+    }
+
+    /// The sequence of the message this one is sent again of, if it is a redelivery: the
+    /// same identity and content, first received on an earlier connection, and either
+    /// flagged DUP or never answered (so the publisher cannot have moved on to a new
+    /// message under that packet id; some clients, paho's MQTT 5 QoS 2 among them, resend
+    /// without DUP after a reconnect).
+    pub fn seen_before(&self, id: &Identity, dup: bool, connection: u64) -> Option<u64> {
         self.recent
-            .get(&key)
-            .filter(|(_, seen_on)| *seen_on < connection)
-            .map(|(seq, _)| *seq)
+            .get(&id.slot)
+            .filter(|s| s.content == id.content && s.connection < connection)
+            .filter(|s| dup || (id.from_session && !s.answered))
+            .map(|s| s.seq)
     }
 
     /// Is a record that `same` accepts waiting in a buffer?
@@ -143,20 +166,55 @@ impl State {
     }
 }
 
+/// A remembered message.
+struct Seen {
+    seq: u64,
+    connection: u64,
+    content: u64,
+    answered: bool,
+}
+
 /// What identifies a message sent again after a lost ack. From a publisher on the embedded
-/// listener: its session (client id), the packet id (the same on a resend, by the MQTT
-/// specification) and the content. From an external broker only the content: brokers may
-/// give a resent message a new packet id (mosquitto does).
-pub(super) fn redelivery_key(session: &str, pkid: u16, topic: &str, payload: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    session.hash(&mut h);
-    if !session.is_empty() {
-        pkid.hash(&mut h);
+/// listener: its session (client id) and packet id (the same on a resend, by the MQTT
+/// specification; a new message under that id replaces the old one), checked against the
+/// content. From an external broker only the content: brokers may give a resent message a
+/// new packet id (mosquitto does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Identity {
+    slot: u64,
+    content: u64,
+    from_session: bool,
+}
+
+impl Identity {
+    pub fn of(session: &str, pkid: u16, topic: &str, payload: &[u8]) -> Identity {
+        use std::hash::{Hash, Hasher};
+        let hash = |f: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            f(&mut h);
+            h.finish()
+        };
+        let content = hash(&|h| {
+            topic.hash(h);
+            payload.hash(h);
+        });
+        if session.is_empty() {
+            Identity {
+                slot: content,
+                content,
+                from_session: false,
+            }
+        } else {
+            Identity {
+                slot: hash(&|h| {
+                    session.hash(h);
+                    pkid.hash(h);
+                }),
+                content,
+                from_session: true,
+            }
+        }
     }
-    topic.hash(&mut h);
-    payload.hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]
@@ -183,22 +241,35 @@ mod tests {
     }
 
     #[test]
-    fn a_redelivery_is_recognised_only_from_an_earlier_connection() {
+    fn from_a_broker_a_redelivery_is_flagged_and_came_on_an_earlier_connection() {
         let mut st = State::default();
-        st.remember(&rec(7, "t", "21.5"), 1);
-        let key = |t: &str, p: &[u8]| redelivery_key("", 99, t, p);
+        st.remember(&rec(7, "t", "21.5"), 1, true);
+        let id = |t: &str, p: &[u8]| Identity::of("", 99, t, p);
         assert_eq!(
-            st.seen_before(key("t", b"21.5"), 2),
+            st.seen_before(&id("t", b"21.5"), true, 2),
             Some(7),
-            "resent after a reconnect (by a broker: any packet id)"
+            "resent after a reconnect (under any packet id)"
         );
         assert_eq!(
-            st.seen_before(key("t", b"21.5"), 1),
+            st.seen_before(&id("t", b"21.5"), false, 2),
+            None,
+            "not flagged: a new reading"
+        );
+        assert_eq!(
+            st.seen_before(&id("t", b"21.5"), true, 1),
             None,
             "same connection: a new reading"
         );
-        assert_eq!(st.seen_before(key("t", b"22.0"), 2), None, "other bytes");
-        assert_eq!(st.seen_before(key("u", b"21.5"), 2), None, "other topic");
+        assert_eq!(
+            st.seen_before(&id("t", b"22.0"), true, 2),
+            None,
+            "other bytes"
+        );
+        assert_eq!(
+            st.seen_before(&id("u", b"21.5"), true, 2),
+            None,
+            "other topic"
+        );
     }
 
     #[test]
@@ -207,32 +278,55 @@ mod tests {
         let mut r = rec(7, "t", "21.5");
         r.session = "sensor-1".into();
         r.pkid = 12;
-        st.remember(&r, 1);
-        let key = |s: &str, pkid: u16| redelivery_key(s, pkid, "t", b"21.5");
-        assert_eq!(st.seen_before(key("sensor-1", 12), 2), Some(7));
+        st.remember(&r, 1, false);
+        let id = |s: &str, pkid: u16| Identity::of(s, pkid, "t", b"21.5");
         assert_eq!(
-            st.seen_before(key("sensor-1", 13), 2),
+            st.seen_before(&id("sensor-1", 12), false, 2),
+            Some(7),
+            "never answered: the publisher must send it again, DUP or not"
+        );
+        st.answered(&id("sensor-1", 12), 7);
+        assert_eq!(
+            st.seen_before(&id("sensor-1", 12), false, 2),
+            None,
+            "answered: the packet id is free, an unflagged message is new"
+        );
+        assert_eq!(st.seen_before(&id("sensor-1", 12), true, 2), Some(7));
+        assert_eq!(
+            st.seen_before(&id("sensor-1", 13), true, 2),
             None,
             "the same reading under another packet id is a new one"
         );
         assert_eq!(
-            st.seen_before(key("sensor-2", 12), 2),
+            st.seen_before(&id("sensor-2", 12), true, 2),
             None,
             "another publisher"
         );
-        assert_eq!(st.seen_before(key("", 12), 2), None, "not from a broker");
+        assert_eq!(
+            st.seen_before(&Identity::of("", 12, "t", b"21.5"), true, 2),
+            None
+        );
+        let mut next = rec(8, "t", "22.0");
+        next.session = "sensor-1".into();
+        next.pkid = 12;
+        st.remember(&next, 3, true);
+        assert_eq!(
+            st.seen_before(&id("sensor-1", 12), true, 4),
+            None,
+            "a new message under the packet id replaces the old one"
+        );
     }
 
     #[test]
     fn the_redelivery_window_forgets_the_oldest() {
         let mut st = State::default();
         for seq in 0..DEDUPE_TAIL + 10 {
-            st.remember(&rec(seq, "t", &seq.to_string()), 1);
+            st.remember(&rec(seq, "t", &seq.to_string()), 1, true);
         }
-        let key = |p: &[u8]| redelivery_key("", 0, "t", p);
-        assert_eq!(st.seen_before(key(b"0"), 2), None);
-        assert_eq!(st.seen_before(key(b"9"), 2), None);
-        assert_eq!(st.seen_before(key(b"10"), 2), Some(10));
+        let id = |p: &[u8]| Identity::of("", 0, "t", p);
+        assert_eq!(st.seen_before(&id(b"0"), true, 2), None);
+        assert_eq!(st.seen_before(&id(b"9"), true, 2), None);
+        assert_eq!(st.seen_before(&id(b"10"), true, 2), Some(10));
         assert_eq!(st.recent.len() as u64, DEDUPE_TAIL);
     }
 

@@ -61,12 +61,21 @@ impl Inner {
             return Ok(());
         }
         let n = records.len();
+        // Which acks may not have gone out before the stop: at most a receive maximum of
+        // each publisher's latest messages (a connection reads no more while that many wait).
+        let mut unanswered = vec![false; n];
+        let mut latest: std::collections::HashMap<&str, usize> = Default::default();
+        for (i, rec) in records.iter().enumerate().rev() {
+            let count = latest.entry(rec.session.as_str()).or_default();
+            unanswered[i] = *count < self.receive_max;
+            *count += 1;
+        }
         let mut skipped = 0;
-        for rec in records {
+        for (rec, unanswered) in records.into_iter().zip(unanswered) {
             let key = self.key_for(&rec);
             let main = self.version(&key.frame, false, key.route).await?;
             let mut st = self.state.lock().expect("ingest lock");
-            st.remember(&rec, 0);
+            st.remember(&rec, 0, !unanswered);
             // Its rows are in (and its rejects, committed before them, too). Anything else
             // goes back to a buffer, and commit() skips what either frame already has.
             if (rec.seq as i64) <= main {

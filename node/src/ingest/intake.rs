@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
-use super::buffer::redelivery_key;
+use super::buffer::Identity;
 use super::wal::Record;
 use super::{Inner, now_ms};
 
@@ -65,22 +65,20 @@ impl Ack {
 struct Entry {
     ack: Ack,
     outcome: Outcome,
+    /// the record it became (to note when its ack went out)
+    stored: Option<(Identity, u64)>,
 }
 
 impl Inner {
-    /// Is this a message we already have, sent again because our ack was lost? It is
-    /// flagged DUP, came on a later connection than the one it was first received on, and
-    /// its [`redelivery_key`] and bytes match a record still held.
-    fn is_redelivery(&self, a: &Arrival, unflushed: &[Record]) -> bool {
-        if !a.dup {
-            return false;
-        }
-        let key = redelivery_key(&a.session, a.pkid, &a.topic, &a.payload);
+    /// Is this a message we already have, sent again because our ack was lost? The
+    /// bookkeeping says so ([`super::buffer::State::seen_before`]) and its bytes match a
+    /// record still held.
+    fn is_redelivery(&self, a: &Arrival, id: &Identity, unflushed: &[Record]) -> bool {
         let seen = self
             .state
             .lock()
             .expect("ingest lock")
-            .seen_before(key, a.connection);
+            .seen_before(id, a.dup, a.connection);
         let Some(seq) = seen else {
             return false;
         };
@@ -159,7 +157,9 @@ impl Inner {
 
     fn take(&self, a: Arrival, group: &mut Group) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let outcome = if self.is_redelivery(&a, &group.records) {
+        let id = Identity::of(&a.session, a.pkid, &a.topic, &a.payload);
+        let mut stored = None;
+        let outcome = if self.is_redelivery(&a, &id, &group.records) {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             Outcome::Stored
         } else if let Some(route) = self.route_for(&a.topic) {
@@ -168,7 +168,8 @@ impl Inner {
                     self.state
                         .lock()
                         .expect("ingest lock")
-                        .remember(&rec, a.connection);
+                        .remember(&rec, a.connection, false);
+                    stored = Some((id, rec.seq));
                     group.records.push(rec);
                     Outcome::Stored
                 }
@@ -181,6 +182,7 @@ impl Inner {
         group.entries.push(Entry {
             ack: a.ack,
             outcome,
+            stored,
         });
     }
 
@@ -240,11 +242,16 @@ impl Inner {
             }
             sent += 1;
         }
+        let mut st = self.state.lock().expect("ingest lock");
         for e in held.drain(..sent) {
+            if let Some((id, seq)) = &e.stored {
+                st.answered(id, *seq);
+            }
             if let Ack::Reply { answer, .. } = e.ack {
                 let _ = answer.send(e.outcome);
             }
         }
+        drop(st);
         self.stats.acked.fetch_add(sent as u64, Ordering::Relaxed);
         self.stats
             .held_acks

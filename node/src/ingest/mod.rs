@@ -57,6 +57,8 @@ struct Inner {
     node_id: String,
     cell_target: usize,
     broker_desc: String,
+    /// unanswered messages a publisher may have at once (`mqtt.inflight`)
+    receive_max: usize,
     status_path: PathBuf,
     state: Mutex<State>,
     stats: Stats,
@@ -207,6 +209,7 @@ impl Ingest {
             routes,
             wal,
             broker_desc,
+            receive_max: mqtt.inflight.max(1) as usize,
             status_path: state_dir.join("ingest-status.json"),
             state: Mutex::new(State::default()),
             stats: Stats::default(),
