@@ -9,7 +9,12 @@
 #      the host land in a frame, and SQL over them answers both from the host (another node
 #      on the bucket) and through the guest's HTTP API with the token the first boot wrote
 #      to the boot partition; over SSH the settings are in place; after power-off the
-#      heartbeat is gone and the root partition has grown.
+#      heartbeat is gone and the root partition has grown;
+#   3. the image's own apiary.toml: the node's MQTT listener on 0.0.0.0:1883 refuses anonymous
+#      publishers and takes the device credential the first boot wrote to the boot partition;
+#      a publisher on the host sends QoS 1 messages while qemu is SIGKILLed three times at
+#      random moments (a power cut: the guest's RAM and page cache vanish) and booted again;
+#      every acknowledged message is in the frame exactly once.
 #   images/boot-test.sh [image]     (default: images/build.sh's raw image)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
@@ -73,6 +78,7 @@ prepare() { # prepare <disk> <apiary.toml>
   mcopy -o -i "$(boot_of "$1")" "$2" ::apiary.toml
 }
 
+mqtt_fwd=$(free_port)   # the guest's MQTT listener, the same port on the host at every boot
 boot() { # boot <disk>
   http_port=$(free_port); ssh_port=$(free_port)
   : > "$work/console.log"
@@ -80,7 +86,7 @@ boot() { # boot <disk>
     -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
     -append "$cmdline" \
     -drive "if=none,id=disk,format=raw,file=$1" -device virtio-blk-pci,drive=disk \
-    -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22" \
+    -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22,hostfwd=tcp:127.0.0.1:$mqtt_fwd-:1883" \
     -device virtio-net-pci,netdev=net,romfile= -device virtio-rng-pci \
     -serial "file:$work/console.log" -monitor "unix:$work/monitor,server,nowait" &
   qemu_pid=$!
@@ -237,4 +243,59 @@ after=$(root_sectors "$work/good.img")
 [ "$after" -gt "$before" ] || fail "the root partition did not grow ($before sectors before, $after after)"
 on_console "apiary-boot: host name hive-boot-test" || fail "the host name was not applied"
 echo "root partition grown from $((before / 2048)) to $((after / 2048)) MiB"
+rm -f "$work/good.img"
+
+# --- 3. The image's own apiary.toml: the MQTT listener, its credential, power cuts -----------
+echo "== boot 3: the default apiary.toml; QoS 1 publishing through three power cuts"
+mcopy -n -i "$(boot_of "$img")" ::apiary.toml "$work/default.toml"
+prepare "$work/default.img" "$work/default.toml"
+boot "$work/default.img"
+start=$SECONDS
+until_ok "$boot_timeout" "the guest's HTTP API" curl -sf "http://127.0.0.1:$http_port/healthz"
+echo "node up after $((SECONDS - start)) s"
+credential() { mtype -i "$(boot_of "$work/default.img")" ::apiary-mqtt.txt | tr -d '\r'; }
+until_ok 60 "apiary-mqtt.txt on the boot partition" credential
+user=$(credential | sed -n 's/^user = "\(.*\)"$/\1/p')
+password=$(credential | sed -n 's/^password = "\(.*\)"$/\1/p')
+[ "$user" = device ] && [ ${#password} -ge 16 ] || fail "apiary-mqtt.txt holds no credential: $(credential)"
+pub() { # pub <n> [credentials...]: one QoS 1 message; exit 0 once its PUBACK came
+  local n=$1; shift
+  timeout 20 mosquitto_pub -h 127.0.0.1 -p "$mqtt_fwd" -q 1 -i "cut-$n" "$@" \
+    -t apiary/power/cut/readings -m "{\"n\": $n}"
+}
+until_ok 120 "a publish with the device credential" pub 0 -u "$user" -P "$password"
+! pub -1 2>/dev/null || fail "an anonymous publisher was accepted on 0.0.0.0:1883"
+! pub -2 -u "$user" -P "wrong-$password" 2>/dev/null || fail "a wrong password was accepted"
+echo "the listener refuses anonymous and wrong credentials, takes the device credential"
+: > "$work/acked"
+(
+  n=1
+  while [ ! -e "$work/stop-publishing" ]; do
+    if pub "$n" -u "$user" -P "$password" >/dev/null 2>&1; then echo "$n" >> "$work/acked"; fi
+    n=$((n + 1))
+  done
+) &
+publisher=$!
+for cut in 1 2 3; do
+  sleep $((5 + RANDOM % 20))
+  before_cut=$(wc -l < "$work/acked")
+  kill -KILL "$qemu_pid"; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
+  echo "power cut $cut: $before_cut messages acknowledged so far"
+  boot "$work/default.img"
+  until_ok "$boot_timeout" "the guest's HTTP API after power cut $cut" curl -sf "http://127.0.0.1:$http_port/healthz"
+  until_ok 120 "acks again after power cut $cut" test "$(wc -l < "$work/acked")" -gt "$before_cut"
+done
+sleep 3
+touch "$work/stop-publishing"; wait "$publisher"
+acked=$(sort -u "$work/acked" | wc -l)
+[ "$acked" -gt 20 ] || fail "only $acked messages were acknowledged"
+token=$(mtype -i "$(boot_of "$work/default.img")" ::apiary-token.txt | tr -d '\r\n')
+guest_sql() { "$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" sql --format csv "$@"; }
+stored_all() { guest_sql "SELECT n FROM power.cut.readings" | tail -n +2 | sort > "$work/stored"; \
+  [ -z "$(comm -23 <(sort -u "$work/acked") <(uniq "$work/stored"))" ]; }
+until_ok 120 "every acknowledged message in power.cut.readings" stored_all
+twice=$(uniq -d "$work/stored" | head -5 | tr '\n' ' ')
+[ -z "$twice" ] || fail "messages stored twice after the power cuts: $twice"
+echo "$acked acknowledged messages through three power cuts: each in the frame exactly once"
+shutdown
 echo "boot test passed"
