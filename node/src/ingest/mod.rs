@@ -16,6 +16,8 @@
 mod buffer;
 mod client;
 mod commit;
+#[doc(hidden)]
+pub mod fuzz;
 mod intake;
 pub(crate) mod listener;
 pub(crate) mod payload;
