@@ -469,6 +469,11 @@ impl Target {
 }
 
 async fn run_node(apiary: Apiary) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a signal that comes as soon as "ready" is logged (or while starting)
+    // must stop the node cleanly, not kill it.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let services = Services::node(apiary.config());
     let node = Node::start(apiary, services).await?;
     let status = node.apiary().status();
@@ -483,9 +488,8 @@ async fn run_node(apiary: Apiary) -> Result<()> {
     );
     apiary::service::ready(&format!("serving; node {}", status.node_id));
     let watchdog = apiary::service::watchdog();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
     }
     apiary::service::stopping();
