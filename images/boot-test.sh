@@ -14,7 +14,8 @@
 #      publishers and takes the device credential the first boot wrote to the boot partition;
 #      a publisher on the host sends QoS 1 messages while qemu is SIGKILLed three times at
 #      random moments (a power cut: the guest's RAM and page cache vanish) and booted again;
-#      every acknowledged message is in the frame exactly once.
+#      every acknowledged message is in the frame exactly once, and a topic of a hive outside
+#      the image's ingest.default_route_hives made no frame.
 #   images/boot-test.sh [image]     (default: images/build.sh's raw image)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
@@ -261,11 +262,13 @@ password=$(credential | sed -n 's/^password = "\(.*\)"$/\1/p')
 pub() { # pub <n> [credentials...]: one QoS 1 message; exit 0 once its PUBACK came
   local n=$1; shift
   timeout 20 mosquitto_pub -h 127.0.0.1 -p "$mqtt_fwd" -q 1 -i "cut-$n" "$@" \
-    -t apiary/power/cut/readings -m "{\"n\": $n}"
+    -t apiary/sensors/power/cuts -m "{\"n\": $n}"
 }
 until_ok 120 "a publish with the device credential" pub 0 -u "$user" -P "$password"
 ! pub -1 2>/dev/null || fail "an anonymous publisher was accepted on 0.0.0.0:1883"
 ! pub -2 -u "$user" -P "wrong-$password" 2>/dev/null || fail "a wrong password was accepted"
+timeout 20 mosquitto_pub -h 127.0.0.1 -p "$mqtt_fwd" -q 1 -u "$user" -P "$password" \
+  -t apiary/elsewhere/b/f -m '{"x": 1}' || fail "a publish to another hive was not acked"
 echo "the listener refuses anonymous and wrong credentials, takes the device credential"
 : > "$work/acked"
 (
@@ -291,11 +294,14 @@ acked=$(sort -u "$work/acked" | wc -l)
 [ "$acked" -gt 20 ] || fail "only $acked messages were acknowledged"
 token=$(mtype -i "$(boot_of "$work/default.img")" ::apiary-token.txt | tr -d '\r\n')
 guest_sql() { "$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" sql --format csv "$@"; }
-stored_all() { guest_sql "SELECT n FROM power.cut.readings" | tail -n +2 | sort > "$work/stored"; \
+stored_all() { guest_sql "SELECT n FROM sensors.power.cuts" | tail -n +2 | sort > "$work/stored"; \
   [ -z "$(comm -23 <(sort -u "$work/acked") <(uniq "$work/stored"))" ]; }
-until_ok 120 "every acknowledged message in power.cut.readings" stored_all
+until_ok 120 "every acknowledged message in sensors.power.cuts" stored_all
 twice=$(uniq -d "$work/stored" | head -5 | tr '\n' ' ')
 [ -z "$twice" ] || fail "messages stored twice after the power cuts: $twice"
 echo "$acked acknowledged messages through three power cuts: each in the frame exactly once"
+! guest_sql "SELECT * FROM elsewhere.b.f" >/dev/null 2>&1 \
+  || fail "the default route made a frame outside ingest.default_route_hives"
+echo "no frame made outside the image's default_route_hives (sensors)"
 shutdown
 echo "boot test passed"

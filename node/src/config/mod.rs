@@ -237,6 +237,9 @@ section! {
         pub enabled: bool = true,
         /// The route `apiary/<hive>/<box>/<frame>` (JSON payloads) besides the configured ones.
         pub default_route: bool = true,
+        /// The hives the default route takes (and so may create frames in); a topic of another
+        /// hive goes to `apiary.ingest.unroutable`. Empty: any hive.
+        pub default_route_hives: Vec<String> = vec![],
         /// Create a missing frame from the first messages' inferred schema.
         pub auto_create: bool = true,
         /// Longest a message waits before its cell is committed.

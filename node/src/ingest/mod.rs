@@ -130,8 +130,15 @@ impl Ingest {
             .enumerate()
             .map(|(i, r)| Route::from_config(i, r))
             .collect::<Result<_>>()?;
+        for h in &config.default_route_hives {
+            crate::names::validate_name("hive", h)
+                .map_err(|e| e.context("ingest.default_route_hives"))?;
+        }
         if config.default_route {
-            routes.push(Route::default_route());
+            routes.push(Route {
+                hives: config.default_route_hives.clone(),
+                ..Route::default_route()
+            });
         }
         if routes.is_empty() {
             return Err(Error::invalid(

@@ -22,6 +22,8 @@ pub struct Route {
     pub columns: BTreeMap<String, usize>,
     pub received_at: Option<String>,
     pub new_fields: NewFields,
+    /// The default route's hives (`ingest.default_route_hives`); empty: any.
+    pub hives: Vec<String>,
 }
 
 impl Route {
@@ -34,6 +36,7 @@ impl Route {
             columns: BTreeMap::new(),
             received_at: Some(RECEIVED_AT.into()),
             new_fields: NewFields::Evolve,
+            hives: Vec::new(),
         }
     }
 
@@ -62,6 +65,7 @@ impl Route {
             columns,
             received_at: c.received_at.clone(),
             new_fields: c.new_fields,
+            hives: Vec::new(),
         })
     }
 
@@ -72,6 +76,12 @@ impl Route {
         }
         let levels: Vec<&str> = topic.split('/').collect();
         match levels.as_slice() {
+            ["apiary", h, _, _] if !self.hives.is_empty() && !self.hives.iter().any(|x| x == h) => {
+                Err(Error::invalid(format!(
+                    "topic {topic}: the default route takes only hives {:?} (ingest.default_route_hives)",
+                    self.hives
+                )))
+            }
             ["apiary", h, b, f] => FrameRef::new(h, b, f),
             _ => Err(Error::invalid(format!(
                 "topic {topic} is not apiary/<hive>/<box>/<frame>"
@@ -142,6 +152,13 @@ mod tests {
             "farm.s.t".parse().unwrap()
         );
         assert!(r.frame_for("apiary/bad name/s/t").is_err());
+        let limited = Route {
+            hives: vec!["sensors".into()],
+            ..Route::default_route()
+        };
+        assert!(limited.frame_for("apiary/sensors/s/t").is_ok());
+        let e = limited.frame_for("apiary/farm/s/t").unwrap_err();
+        assert!(e.message.contains("default_route_hives"), "{e}");
     }
 
     #[test]
