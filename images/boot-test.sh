@@ -279,6 +279,7 @@ echo "the listener refuses anonymous and wrong credentials, takes the device cre
   done
 ) &
 publisher=$!
+acked_more_than() { [ "$(wc -l < "$work/acked")" -gt "$1" ]; }
 for cut in 1 2 3; do
   sleep $((5 + RANDOM % 20))
   before_cut=$(wc -l < "$work/acked")
@@ -286,7 +287,7 @@ for cut in 1 2 3; do
   echo "power cut $cut: $before_cut messages acknowledged so far"
   boot "$work/default.img"
   until_ok "$boot_timeout" "the guest's HTTP API after power cut $cut" curl -sf "http://127.0.0.1:$http_port/healthz"
-  until_ok 120 "acks again after power cut $cut" test "$(wc -l < "$work/acked")" -gt "$before_cut"
+  until_ok 120 "acks again after power cut $cut" acked_more_than "$before_cut"
 done
 sleep 3
 touch "$work/stop-publishing"; wait "$publisher"
