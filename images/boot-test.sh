@@ -11,7 +11,8 @@
 #      to the boot partition; over SSH the settings are in place; after power-off the
 #      heartbeat is gone and the root partition has grown;
 #   3. the image's own apiary.toml: the node's MQTT listener on 0.0.0.0:1883 refuses anonymous
-#      publishers and takes the device credential the first boot wrote to the boot partition;
+#      publishers and takes the device credential the first boot wrote to the boot partition,
+#      and mqtts on 8883 serves the certificate whose fingerprint is written there;
 #      a publisher on the host sends QoS 1 messages while qemu is SIGKILLed three times at
 #      random moments (a power cut: the guest's RAM and page cache vanish) and booted again;
 #      every acknowledged message is in the frame exactly once, and a topic of a hive outside
@@ -79,7 +80,8 @@ prepare() { # prepare <disk> <apiary.toml>
   mcopy -o -i "$(boot_of "$1")" "$2" ::apiary.toml
 }
 
-mqtt_fwd=$(free_port)   # the guest's MQTT listener, the same port on the host at every boot
+mqtt_fwd=$(free_port)   # the guest's MQTT listeners, the same ports on the host at every boot
+mqtts_fwd=$(free_port)
 boot() { # boot <disk>
   http_port=$(free_port); ssh_port=$(free_port)
   : > "$work/console.log"
@@ -87,7 +89,7 @@ boot() { # boot <disk>
     -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
     -append "$cmdline" \
     -drive "if=none,id=disk,format=raw,file=$1" -device virtio-blk-pci,drive=disk \
-    -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22,hostfwd=tcp:127.0.0.1:$mqtt_fwd-:1883" \
+    -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22,hostfwd=tcp:127.0.0.1:$mqtt_fwd-:1883,hostfwd=tcp:127.0.0.1:$mqtts_fwd-:8883" \
     -device virtio-net-pci,netdev=net,romfile= -device virtio-rng-pci \
     -serial "file:$work/console.log" -monitor "unix:$work/monitor,server,nowait" &
   qemu_pid=$!
@@ -270,6 +272,22 @@ until_ok 120 "a publish with the device credential" pub 0 -u "$user" -P "$passwo
 timeout 20 mosquitto_pub -h 127.0.0.1 -p "$mqtt_fwd" -q 1 -u "$user" -P "$password" \
   -t apiary/elsewhere/b/f -m '{"x": 1}' || fail "a publish to another hive was not acked"
 echo "the listener refuses anonymous and wrong credentials, takes the device credential"
+# mqtts: the certificate the first boot made, pinned by the fingerprint on the boot partition.
+fingerprint=$(credential | sed -n 's/^mqtts_sha256 = "\(.*\)"$/\1/p')
+[ -n "$fingerprint" ] || fail "apiary-mqtt.txt has no mqtts_sha256: $(credential)"
+served=$(python3 - "$mqtts_fwd" "$work/mqtts.pem" <<'PY'
+import hashlib, ssl, sys
+pem = ssl.get_server_certificate(("127.0.0.1", int(sys.argv[1])), timeout=20)
+open(sys.argv[2], "w").write(pem)
+print(":".join(f"{b:02X}" for b in hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).digest()))
+PY
+) || fail "no TLS certificate served on the guest's 8883"
+[ "$served" = "$fingerprint" ] || fail "the mqtts certificate ($served) is not the one in apiary-mqtt.txt ($fingerprint)"
+# --insecure: the certificate names the board (apiary.local), the test reaches it as 127.0.0.1.
+timeout 20 mosquitto_pub -h 127.0.0.1 -p "$mqtts_fwd" --cafile "$work/mqtts.pem" --insecure -q 1 \
+  -u "$user" -P "$password" -t apiary/sensors/power/tls -m '{"over": "tls"}' \
+  || fail "a QoS 1 publish over mqtts with the pinned certificate was not acked"
+echo "mqtts on 8883: the certificate matches the boot partition's fingerprint; a publish is acked"
 : > "$work/acked"
 (
   n=1
