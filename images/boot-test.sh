@@ -30,9 +30,11 @@ need_commands qemu-system-aarch64:qemu-system-arm
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/apiary-boot-test.XXXXXX")
 qemu_pid=
+publisher=   # boot 3's background publisher
 servers=()   # the S3 server and broker this script started (scripts/test shares its own)
 cleanup() {
   [ -z "$qemu_pid" ] || kill "$qemu_pid" 2>/dev/null || true
+  [ -z "$publisher" ] || kill "$publisher" 2>/dev/null || true
   [ ${#servers[@]} -eq 0 ] || kill "${servers[@]}" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -291,7 +293,7 @@ echo "mqtts on 8883: the certificate matches the boot partition's fingerprint; a
 : > "$work/acked"
 (
   n=1
-  while [ ! -e "$work/stop-publishing" ]; do
+  while [ -d "$work" ] && [ ! -e "$work/stop-publishing" ]; do
     if pub "$n" -u "$user" -P "$password" >/dev/null 2>&1; then echo "$n" >> "$work/acked"; fi
     n=$((n + 1))
   done
@@ -308,7 +310,7 @@ for cut in 1 2 3; do
   until_ok 120 "acks again after power cut $cut" acked_more_than "$before_cut"
 done
 sleep 3
-touch "$work/stop-publishing"; wait "$publisher"
+touch "$work/stop-publishing"; wait "$publisher"; publisher=
 acked=$(sort -u "$work/acked" | wc -l)
 [ "$acked" -gt 20 ] || fail "only $acked messages were acknowledged"
 token=$(mtype -i "$(boot_of "$work/default.img")" ::apiary-token.txt | tr -d '\r\n')
