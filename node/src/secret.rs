@@ -26,19 +26,23 @@ pub fn read_or_make(path: &Path, bytes: usize) -> Result<String> {
     rand::Rng::fill(&mut rand::rng(), raw.as_mut_slice());
     let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(secret.as_bytes())?;
-        f.sync_all()?;
-    }
+    write_private(&tmp, secret.as_bytes())?;
     std::fs::rename(&tmp, path)?;
     tracing::info!(path = %path.display(), "made a secret");
     Ok(secret)
+}
+
+/// Write a file only its owner reads (0600), flushed to disk.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]

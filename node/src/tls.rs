@@ -80,26 +80,12 @@ pub fn mqtt_self_signed(state_dir: &Path) -> Result<(PathBuf, PathBuf)> {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":");
-    write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
+    crate::secret::write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
     std::fs::write(dir.join("cert.sha256"), format!("{fingerprint}\n"))?;
     // The certificate last: its presence says the set is complete.
     std::fs::write(&cert, made.cert.pem())?;
     tracing::info!(cert = %cert.display(), sha256 = %fingerprint, "made a certificate for MQTT over TLS");
     Ok((cert, key))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]

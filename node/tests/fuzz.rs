@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use apiary::config::PayloadFormat;
 use apiary::ingest::fuzz;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -77,17 +76,7 @@ fn run(target: &str, each: impl Fn(&[u8])) {
 
 #[test]
 fn payload_decoders_take_any_bytes() {
-    run("payload", |data| {
-        if let Some((&pick, payload)) = data.split_first() {
-            let format = match pick % 4 {
-                0 => PayloadFormat::Json,
-                1 => PayloadFormat::Jsonl,
-                2 => PayloadFormat::Csv,
-                _ => PayloadFormat::Influx,
-            };
-            fuzz::payload(format, payload);
-        }
-    });
+    run("payload", fuzz::payload_any);
 }
 
 #[test]

@@ -14,6 +14,20 @@ use super::route::Route;
 use super::wal::Record;
 use crate::config::PayloadFormat;
 
+/// Bytes as a payload: the first byte picks JSON, JSON lines, a CSV line or Influx line
+/// protocol for the rest.
+pub fn payload_any(data: &[u8]) {
+    if let Some((&pick, bytes)) = data.split_first() {
+        let format = match pick % 4 {
+            0 => PayloadFormat::Json,
+            1 => PayloadFormat::Jsonl,
+            2 => PayloadFormat::Csv,
+            _ => PayloadFormat::Influx,
+        };
+        payload(format, bytes);
+    }
+}
+
 /// Bytes as a payload in `format` on a route with a topic column and the receive time.
 pub fn payload(format: PayloadFormat, bytes: &[u8]) {
     let mut route = Route::default_route();
