@@ -112,9 +112,6 @@ impl Listener {
         }
         let network = binds.iter().any(|(_, a, _)| !a.ip().is_loopback());
         let users = Users::from_config(mqtt, network, parts.state_dir)?;
-        if network && mqtt.allow_anonymous != Some(true) && mqtt.users.is_empty() {
-            tracing::info!("MQTT from the network needs the device credential (see the docs)");
-        }
         let tls = if binds.iter().any(|(_, _, tls)| *tls) {
             Some(crate::tls::mqtt_acceptor(mqtt, parts.state_dir)?)
         } else {

@@ -22,9 +22,8 @@ pub struct Connect {
     pub clean: bool,
     pub keep_alive: u16,
     pub username: Option<String>,
+    /// (A will message is not kept: there are no subscribers to send it to.)
     pub password: Option<String>,
-    /// A will message (kept by brokers for subscribers; here there are none, so unused).
-    pub has_will: bool,
 }
 
 /// What a client sends after CONNECT.
@@ -168,21 +167,19 @@ pub fn read_connect(version: Version, buf: &mut BytesMut, max: usize) -> Result<
                 keep_alive: c.keep_alive,
                 username: c.login.as_ref().map(|l| l.username.clone()),
                 password: c.login.map(|l| l.password),
-                has_will: c.last_will.is_some(),
             })),
             Ok(_) => Err(Error::invalid("expected CONNECT")),
         },
         Version::V5 => match v5::Packet::read(buf, Some(max as u32)) {
             Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
             Err(e) => Err(malformed(e)),
-            Ok(v5::Packet::Connect(c, will, login)) => Ok(Some(Connect {
+            Ok(v5::Packet::Connect(c, _will, login)) => Ok(Some(Connect {
                 version,
                 client_id: c.client_id,
                 clean: c.clean_start,
                 keep_alive: c.keep_alive,
                 username: login.as_ref().map(|l| l.username.clone()),
                 password: login.map(|l| l.password),
-                has_will: will.is_some(),
             })),
             Ok(_) => Err(Error::invalid("expected CONNECT")),
         },
