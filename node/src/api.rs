@@ -413,10 +413,7 @@ fn node_id(config: &Config) -> Result<String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::storage(format!("cannot create state dir {}: {e}", dir.display())))?;
     let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    // Write-then-rename so a crash never leaves a half-written id.
-    let tmp = dir.join("node_id.tmp");
-    std::fs::write(&tmp, &id)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::secret::write_private(&path, id.as_bytes())?;
     Ok(id)
 }
 

@@ -1,5 +1,6 @@
 //! Secrets the node makes for itself on first start (the API token, the MQTT device
-//! password): random hex kept in a file of the state dir that only the node's user reads.
+//! password): random hex kept in a file of the state dir that only the node's user reads; and
+//! the power-cut-safe writer of the node's other small state files.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,23 +26,30 @@ pub fn read_or_make(path: &Path, bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
     rand::Rng::fill(&mut rand::rng(), raw.as_mut_slice());
     let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = path.with_extension("tmp");
-    write_private(&tmp, secret.as_bytes())?;
-    std::fs::rename(&tmp, path)?;
+    write_private(path, secret.as_bytes())?;
     tracing::info!(path = %path.display(), "made a secret");
     Ok(secret)
 }
 
-/// Write a file only its owner reads (0600), flushed to disk.
+/// Write a small state file only the node's user reads (0600) so that a power cut leaves it
+/// whole or not there: a synced temporary file renamed into place, then the directory synced.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

@@ -81,9 +81,12 @@ pub fn mqtt_self_signed(state_dir: &Path) -> Result<(PathBuf, PathBuf)> {
         .collect::<Vec<_>>()
         .join(":");
     crate::secret::write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(dir.join("cert.sha256"), format!("{fingerprint}\n"))?;
+    crate::secret::write_private(
+        &dir.join("cert.sha256"),
+        format!("{fingerprint}\n").as_bytes(),
+    )?;
     // The certificate last: its presence says the set is complete.
-    std::fs::write(&cert, made.cert.pem())?;
+    crate::secret::write_private(&cert, made.cert.pem().as_bytes())?;
     tracing::info!(cert = %cert.display(), sha256 = %fingerprint, "made a certificate for MQTT over TLS");
     Ok((cert, key))
 }

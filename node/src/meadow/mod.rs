@@ -3,6 +3,7 @@
 //! everything above uses. Nothing above this module builds store paths by hand.
 
 pub(crate) mod counted;
+mod durable;
 pub mod lease;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
@@ -115,7 +115,7 @@ impl Meadow {
                     .map_err(|e| bad(&format!("bad path: {e}")))?;
                 Ok(Meadow::counted(
                     MeadowKind::Local,
-                    Arc::new(LocalFileSystem::new()),
+                    Arc::new(durable::DurableLocal::new()),
                     root_url,
                     prefix,
                 ))
