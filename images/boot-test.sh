@@ -49,8 +49,10 @@ s3_port=${APIARY_TEST_S3_ENDPOINT##*:}
 mqtt_port=${APIARY_TEST_MQTT_URL##*:}
 bucket=${APIARY_TEST_S3_BUCKET:-apiary-test}
 
+fail_hook=   # a command that prints what helps explain a failure (boot 3's missing messages)
 fail() {
   echo "boot test: $*" >&2
+  [ -z "$fail_hook" ] || { local hook=$fail_hook; fail_hook=; $hook >&2 || true; }
   [ ! -f "$work/console.log" ] || { echo "--- guest console (last 60 lines):" >&2; tail -60 "$work/console.log" >&2; }
   exit 1
 }
@@ -253,6 +255,9 @@ rm -f "$work/good.img"
 # --- 3. The image's own apiary.toml: the MQTT listener, its credential, power cuts -----------
 echo "== boot 3: the default apiary.toml; QoS 1 publishing through three power cuts"
 mcopy -n -i "$(boot_of "$img")" ::apiary.toml "$work/default.toml"
+# Only an SSH key added, to read the node's journal if something is missing.
+sed -i "/^\[device\]/a ssh_authorized_keys = [\"$(cat "$work/id_boot_test.pub")\"]" "$work/default.toml"
+grep -q '^ssh_authorized_keys' "$work/default.toml" || fail "no [device] section in the image's apiary.toml"
 prepare "$work/default.img" "$work/default.toml"
 boot "$work/default.img"
 start=$SECONDS
@@ -317,7 +322,16 @@ token=$(mtype -i "$(boot_of "$work/default.img")" ::apiary-token.txt | tr -d '\r
 guest_sql() { "$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" sql --format csv "$@"; }
 stored_all() { guest_sql "SELECT n FROM sensors.power.cuts" | tail -n +2 | sort > "$work/stored"; \
   [ -z "$(comm -23 <(sort -u "$work/acked") <(uniq "$work/stored"))" ]; }
+missing() {
+  echo "acknowledged: $(sort -u "$work/acked" | wc -l), stored: $(wc -l < "$work/stored")"
+  echo "acknowledged, not stored: $(comm -23 <(sort -u "$work/acked") <(uniq "$work/stored") | sort -n | head -20 | tr '\n' ' ')"
+  guest_sql "SELECT count(*) FROM sensors.power.cuts" 2>&1 | tail -3
+  echo "--- the node's journal (last 80 lines):"
+  on_board journalctl -u apiary.service --no-pager -o cat | tail -80
+}
+fail_hook=missing
 until_ok 120 "every acknowledged message in sensors.power.cuts" stored_all
+fail_hook=
 twice=$(uniq -d "$work/stored" | head -5 | tr '\n' ' ')
 [ -z "$twice" ] || fail "messages stored twice after the power cuts: $twice"
 echo "$acked acknowledged messages through three power cuts: each in the frame exactly once"

@@ -190,11 +190,7 @@ impl Inner {
     /// critical or the backlog is over its cap: then the acks wait, and the publishers).
     async fn flush(&self, broker: Option<&rumqttc::AsyncClient>, group: &mut Group) {
         if !group.records.is_empty() {
-            let durable = match self.wal.write(&group.records) {
-                Ok(()) => self.wal.flush().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = durable {
+            if let Err(e) = self.wal.append(&group.records).await {
                 // Not durable: no ack; the publisher (or broker) sends these again.
                 tracing::error!(error = %e, "write-ahead log failed; messages not acked");
                 group.records.clear();

@@ -1,10 +1,16 @@
-//! The write-ahead log: every message is here, flushed to disk, before it is acked to the
-//! publisher (or the broker), and stays until its cell is committed. A sled tree keyed by a
-//! monotonic sequence; a second tree remembers the publishers' persistent sessions.
+//! The write-ahead log: every message is here, fsynced, before it is acked to the publisher
+//! (or the broker), and stays until its cell is committed. A redb database (copy-on-write
+//! B-trees, checksummed commits: whole after a power cut) with a table of records keyed by a
+//! monotonic sequence and a table of the publishers' persistent sessions.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use crate::error::{Error, Result};
 
@@ -24,10 +30,16 @@ pub struct Record {
     pub payload: Bytes,
 }
 
-/// Entries written before the session was recorded (tree "messages") are moved to "records".
-const OLD_TREE: &str = "messages";
-const TREE: &str = "records";
-const SESSIONS: &str = "sessions";
+/// The log's file in its directory (`<state_dir>/wal/`).
+const FILE: &str = "log.redb";
+/// Records by sequence number.
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// Publishers' persistent sessions, by client id.
+const SESSIONS: TableDefinition<&str, ()> = TableDefinition::new("sessions");
+/// The next sequence number, kept so that numbers rise across restarts even when every
+/// record has been committed and removed.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
 
 impl Record {
     fn encode(&self) -> Vec<u8> {
@@ -88,30 +100,30 @@ impl Record {
 }
 
 pub struct Wal {
-    db: sled::Db,
-    tree: sled::Tree,
-    sessions: sled::Tree,
+    db: Arc<Database>,
+    next: AtomicU64,
 }
 
-fn sled_err(e: sled::Error) -> Error {
+fn wal_err(e: impl std::fmt::Display) -> Error {
     Error::storage(format!("write-ahead log: {e}"))
 }
 
 impl Wal {
     pub fn open(dir: &Path) -> Result<Wal> {
-        // A log closed a moment ago in this process may still be locked by sled's flusher
-        // thread: wait a little for it rather than fail a restart.
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::storage(format!(
+                "cannot create write-ahead log dir {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE);
+        // A log closed a moment ago in this process may still be held by a task finishing
+        // its last write: wait a little for it rather than fail a restart.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let db = loop {
-            let opened = sled::Config::new()
-                .path(dir)
-                .cache_capacity(16 << 20)
-                .mode(sled::Mode::HighThroughput)
-                .open();
-            match opened {
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < deadline =>
+            match Database::create(&path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -119,99 +131,223 @@ impl Wal {
                     break other.map_err(|e| {
                         Error::storage(format!(
                             "cannot open write-ahead log {}: {e}",
-                            dir.display()
+                            path.display()
                         ))
                     })?;
                 }
             }
         };
-        let tree = db.open_tree(TREE).map_err(sled_err)?;
-        let sessions = db.open_tree(SESSIONS).map_err(sled_err)?;
-        if db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == OLD_TREE.as_bytes())
-        {
-            let old = db.open_tree(OLD_TREE).map_err(sled_err)?;
-            let mut batch = sled::Batch::default();
-            for kv in old.iter() {
-                let (k, v) = kv.map_err(sled_err)?;
-                let seq = u64::from_be_bytes(
-                    k.as_ref()
-                        .try_into()
-                        .map_err(|_| Error::storage("bad WAL key"))?,
-                );
-                batch.insert(k, Record::decode_as(seq, &v, false)?.encode());
-            }
-            tree.apply_batch(batch).map_err(sled_err)?;
-            db.flush().map_err(sled_err)?;
-            db.drop_tree(OLD_TREE).map_err(sled_err)?;
-        }
-        Ok(Wal { db, tree, sessions })
+        let txn = db.begin_write().map_err(wal_err)?;
+        let next = {
+            let records = txn.open_table(RECORDS).map_err(wal_err)?;
+            let meta = txn.open_table(META).map_err(wal_err)?;
+            txn.open_table(SESSIONS).map_err(wal_err)?;
+            let stored = meta
+                .get(NEXT_SEQ)
+                .map_err(wal_err)?
+                .map_or(1, |v| v.value());
+            let last = records
+                .last()
+                .map_err(wal_err)?
+                .map_or(0, |(k, _)| k.value());
+            stored.max(last + 1)
+        };
+        txn.commit().map_err(wal_err)?;
+        let wal = Wal {
+            db: Arc::new(db),
+            next: AtomicU64::new(next),
+        };
+        sled_log::migrate(dir, &wal)?;
+        Ok(wal)
     }
 
     /// A publisher connects: is there a persistent session of its client id (from before,
-    /// also before a restart)? A clean connection ends any; a persistent one is remembered.
+    /// also before a restart)? A clean connection ends any; a persistent one is remembered
+    /// (on disk with the next appended records).
     pub fn open_session(&self, client_id: &str, clean: bool) -> Result<bool> {
-        if clean {
-            self.sessions.remove(client_id).map_err(sled_err)?;
-            return Ok(false);
-        }
-        let before = self.sessions.insert(client_id, &[][..]).map_err(sled_err)?;
-        Ok(before.is_some())
+        let mut txn = self.db.begin_write().map_err(wal_err)?;
+        txn.set_durability(Durability::None).map_err(wal_err)?;
+        let before = {
+            let mut sessions = txn.open_table(SESSIONS).map_err(wal_err)?;
+            if clean {
+                sessions.remove(client_id).map_err(wal_err)?;
+                false
+            } else {
+                sessions.insert(client_id, ()).map_err(wal_err)?.is_some()
+            }
+        };
+        txn.commit().map_err(wal_err)?;
+        Ok(before)
     }
 
     /// A new sequence number: increasing across restarts.
     pub fn next_seq(&self) -> Result<u64> {
-        Ok(self.db.generate_id().map_err(sled_err)? + 1)
+        Ok(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Add records (atomically); durable after [`Wal::flush`].
-    pub fn write(&self, records: &[Record]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for r in records {
-            batch.insert(&r.seq.to_be_bytes(), r.encode());
+    /// Add records in one transaction, on disk (fsynced) when this returns.
+    pub async fn append(&self, records: &[Record]) -> Result<()> {
+        let encoded: Vec<(u64, Vec<u8>)> = records.iter().map(|r| (r.seq, r.encode())).collect();
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || Self::insert(&db, &encoded, 0, Durability::Immediate))
+            .await
+            .map_err(wal_err)?
+    }
+
+    /// Insert encoded records, raising the kept next sequence number past them (and to at
+    /// least `next`).
+    fn insert(
+        db: &Database,
+        encoded: &[(u64, Vec<u8>)],
+        next: u64,
+        durability: Durability,
+    ) -> Result<()> {
+        let mut txn = db.begin_write().map_err(wal_err)?;
+        txn.set_durability(durability).map_err(wal_err)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(wal_err)?;
+            for (seq, v) in encoded {
+                table.insert(seq, v.as_slice()).map_err(wal_err)?;
+            }
+            let wanted = encoded.iter().map(|(s, _)| s + 1).fold(next, u64::max);
+            let mut meta = txn.open_table(META).map_err(wal_err)?;
+            let kept = meta
+                .get(NEXT_SEQ)
+                .map_err(wal_err)?
+                .map_or(1, |v| v.value());
+            if wanted > kept {
+                meta.insert(NEXT_SEQ, wanted).map_err(wal_err)?;
+            }
         }
-        self.tree.apply_batch(batch).map_err(sled_err)
+        txn.commit().map_err(wal_err)
     }
 
-    pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await.map(|_| ()).map_err(sled_err)
-    }
-
+    /// Drop committed records. Not fsynced: a removal lost in a power cut only replays
+    /// records whose frames already hold them (their txn versions say so).
     pub fn remove(&self, seqs: impl IntoIterator<Item = u64>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for s in seqs {
-            batch.remove(&s.to_be_bytes());
+        let mut txn = self.db.begin_write().map_err(wal_err)?;
+        txn.set_durability(Durability::None).map_err(wal_err)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(wal_err)?;
+            for s in seqs {
+                table.remove(s).map_err(wal_err)?;
+            }
         }
-        self.tree.apply_batch(batch).map_err(sled_err)
+        txn.commit().map_err(wal_err)
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<Record>> {
-        match self.tree.get(seq.to_be_bytes()).map_err(sled_err)? {
-            Some(v) => Ok(Some(Record::decode(seq, &v)?)),
+        let txn = self.db.begin_read().map_err(wal_err)?;
+        let table = txn.open_table(RECORDS).map_err(wal_err)?;
+        match table.get(seq).map_err(wal_err)? {
+            Some(v) => Ok(Some(Record::decode(seq, v.value())?)),
             None => Ok(None),
         }
     }
 
     /// Every record, oldest first.
     pub fn records(&self) -> Result<Vec<Record>> {
-        self.tree
+        let txn = self.db.begin_read().map_err(wal_err)?;
+        let table = txn.open_table(RECORDS).map_err(wal_err)?;
+        table
             .iter()
+            .map_err(wal_err)?
             .map(|kv| {
-                let (k, v) = kv.map_err(sled_err)?;
-                let seq = u64::from_be_bytes(
-                    k.as_ref()
-                        .try_into()
-                        .map_err(|_| Error::storage("bad WAL key"))?,
-                );
-                Record::decode(seq, &v)
+                let (k, v) = kv.map_err(wal_err)?;
+                Record::decode(k.value(), v.value())
             })
             .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.tree.len()
+        let count = || -> Result<u64> {
+            let txn = self.db.begin_read().map_err(wal_err)?;
+            txn.open_table(RECORDS)
+                .map_err(wal_err)?
+                .len()
+                .map_err(wal_err)
+        };
+        count().unwrap_or(0) as usize
+    }
+}
+
+/// The log of earlier versions (a sled database in the same directory): read once into the
+/// new log, then removed. sled is not safe through a power cut (it syncs file ranges, not
+/// the file's size, and never syncs its blob files), which is why the log moved.
+mod sled_log {
+    use super::*;
+
+    /// Entries written before the session was recorded (tree "messages").
+    const OLD_TREE: &str = "messages";
+    const TREE: &str = "records";
+    const SESSIONS: &str = "sessions";
+    const FILES: [&str; 3] = ["conf", "db", "blobs"];
+
+    pub(super) fn migrate(dir: &Path, wal: &Wal) -> Result<()> {
+        if !dir.join("conf").exists() {
+            return Ok(());
+        }
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| Error::storage(format!("cannot read the old write-ahead log: {e}")))?;
+        let mut encoded = Vec::new();
+        for (tree, with_session) in [(OLD_TREE, false), (TREE, true)] {
+            if !db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == tree.as_bytes())
+            {
+                continue;
+            }
+            for kv in db.open_tree(tree).map_err(wal_err)?.iter() {
+                let (k, v) = kv.map_err(wal_err)?;
+                let seq = u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| Error::storage("bad key in the old write-ahead log"))?,
+                );
+                encoded.push((seq, Record::decode_as(seq, &v, with_session)?.encode()));
+            }
+        }
+        let sessions: Vec<String> = db
+            .open_tree(SESSIONS)
+            .map_err(wal_err)?
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| String::from_utf8(k.to_vec()).ok()))
+            .collect();
+        let next = db.generate_id().map_err(wal_err)? + 1;
+        drop(db);
+        for s in &sessions {
+            wal.open_session(s, false)?;
+        }
+        let top = encoded.iter().map(|(s, _)| s + 1).fold(next, u64::max);
+        Wal::insert(&wal.db, &encoded, next, Durability::Immediate)?;
+        wal.next.fetch_max(top, Ordering::Relaxed);
+        for f in FILES {
+            let p = dir.join(f);
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if let Err(e) = gone
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(Error::storage(format!("removing {}: {e}", p.display())));
+            }
+        }
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("snap.") {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        tracing::info!(
+            records = encoded.len(),
+            "moved the write-ahead log to its new format"
+        );
+        Ok(())
     }
 }
 
@@ -234,15 +370,15 @@ mod tests {
     #[tokio::test]
     async fn records_survive_reopen_in_order_and_trim() {
         let dir = tempfile::tempdir().unwrap();
+        let b;
         {
             let wal = Wal::open(dir.path()).unwrap();
             let a = wal.next_seq().unwrap();
-            let b = wal.next_seq().unwrap();
+            b = wal.next_seq().unwrap();
             assert!(b > a && a > 0);
-            wal.write(&[rec(a), rec(b), rec(b + 300)]).unwrap();
-            wal.flush().await.unwrap();
+            wal.append(&[rec(a), rec(b), rec(b + 300)]).await.unwrap();
             wal.remove([a]).unwrap();
-            wal.flush().await.unwrap();
+            wal.append(&[]).await.unwrap();
         }
         let wal = Wal::open(dir.path()).unwrap();
         let all = wal.records().unwrap();
@@ -252,8 +388,17 @@ mod tests {
         assert_eq!(all[0].session, "sensor-1");
         assert_eq!(all[0].payload.as_ref(), b"{\"x\":1}");
         assert!(
-            wal.next_seq().unwrap() > all[0].seq,
+            wal.next_seq().unwrap() > b + 300,
             "sequence keeps rising after reopen"
+        );
+        wal.remove([b, b + 300]).unwrap();
+        wal.append(&[]).await.unwrap();
+        drop(wal);
+        let wal = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.len(), 0);
+        assert!(
+            wal.next_seq().unwrap() > b + 300,
+            "and when every record was removed"
         );
     }
 
@@ -266,12 +411,12 @@ mod tests {
     }
 
     #[test]
-    fn a_log_from_before_sessions_is_read_and_moved() {
+    fn an_old_sled_log_is_moved_to_the_new_one() {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            let old = db.open_tree(OLD_TREE).unwrap();
-            // route 1, received 5, pkid 9, topic "t", payload "p": the old layout
+            // The oldest layout: route 1, received 5, pkid 9, topic "t", payload "p".
+            let old = db.open_tree("messages").unwrap();
             let mut v = Vec::new();
             v.extend_from_slice(&1u32.to_le_bytes());
             v.extend_from_slice(&5i64.to_le_bytes());
@@ -279,17 +424,35 @@ mod tests {
             v.extend_from_slice(&1u32.to_le_bytes());
             v.extend_from_slice(b"tp");
             old.insert(42u64.to_be_bytes(), v).unwrap();
+            // The last sled layout, with sessions, and a sequence counter past both.
+            db.open_tree("records")
+                .unwrap()
+                .insert(43u64.to_be_bytes(), rec(43).encode())
+                .unwrap();
+            db.open_tree("sessions")
+                .unwrap()
+                .insert("sensor-1", &[][..])
+                .unwrap();
+            while db.generate_id().unwrap() < 500 {}
             db.flush().unwrap();
         }
         let wal = Wal::open(dir.path()).unwrap();
         let all = wal.records().unwrap();
-        assert_eq!(all.len(), 1);
+        assert_eq!(all.len(), 2);
         let r = &all[0];
         assert_eq!((r.seq, r.route, r.pkid), (42, 1, 9));
         assert_eq!(
             (r.topic.as_str(), r.payload.as_ref(), r.session.as_str()),
             ("t", &b"p"[..], "")
         );
+        assert_eq!(all[1], rec(43));
+        assert!(wal.open_session("sensor-1", false).unwrap(), "session kept");
+        assert!(wal.next_seq().unwrap() > 500, "sequence kept rising");
+        for gone in ["conf", "db", "blobs"] {
+            assert!(!dir.path().join(gone).exists(), "{gone} left behind");
+        }
+        drop(wal);
+        assert_eq!(Wal::open(dir.path()).unwrap().len(), 2, "moved once");
     }
 
     #[test]
