@@ -719,3 +719,67 @@ async fn new_fields_evolve_the_frame_or_are_rejected_or_ignored_as_the_route_say
     }
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auto_create_messages_for_missing_frames_are_unroutable_and_make_nothing() {
+    let s = Setup::new();
+    let port = free_port();
+    let cfg = s.config(
+        "n",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        "auto_create = false\n",
+    );
+    for q in [
+        "CREATE HIVE have",
+        "CREATE BOX have.b",
+        "CREATE TABLE have.b.f (id BIGINT, temp DOUBLE)",
+    ] {
+        let (ok, _, err) = s.m.run(&["sql", q]);
+        assert!(ok, "{q}: {err}");
+    }
+    let node = Node::start(&cfg, &s.log("n"));
+    // Two missing frames (their buffers commit in either order) and one that exists.
+    for round in 0..3u64 {
+        for topic in ["apiary/nope/b/one", "apiary/nope/b/two", "apiary/have/b/f"] {
+            publish(
+                "127.0.0.1",
+                port,
+                topic,
+                round * 10..round * 10 + 10,
+                None,
+                reading,
+            )
+            .await;
+        }
+    }
+    assert_eq!(
+        s.wait_for_rows("have.b.f", 30, Duration::from_secs(30)),
+        (30, 30)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let unroutable = loop {
+        let (ok, out, _) = s.m.run(&[
+            "sql",
+            "SELECT topic, count(*) AS n, min(error) AS why FROM apiary.ingest.unroutable \
+             GROUP BY topic ORDER BY topic",
+            "--format",
+            "csv",
+        ]);
+        if ok && out.contains("two,30") && out.contains("one,30") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        unroutable.contains("apiary/nope/b/one,30,")
+            && unroutable.contains("apiary/nope/b/two,30,"),
+        "every message for a missing frame is in apiary.ingest.unroutable once: {unroutable}"
+    );
+    assert!(
+        unroutable.contains("nope.b.one"),
+        "the reason names the frame: {unroutable}"
+    );
+    let (_, hives, _) = s.m.run(&["sql", "SHOW HIVES", "--format", "csv"]);
+    assert!(!hives.contains("nope"), "a hive was made: {hives}");
+    node.stop();
+}

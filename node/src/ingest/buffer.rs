@@ -37,8 +37,8 @@ pub(super) struct State {
     /// oldest)
     recent: HashMap<u64, Seen>,
     recent_order: VecDeque<(u64, u64)>,
-    /// txn versions we know per (frame, rejects?, route)
-    pub versions: HashMap<(FrameRef, bool, u32), i64>,
+    /// txn versions we know per (frame written, txn app id)
+    pub versions: HashMap<(FrameRef, String), i64>,
     /// bytes received and not yet committed
     pub backlog_bytes: usize,
 }
@@ -148,11 +148,11 @@ impl State {
     }
 
     /// A failed commit's records go back in front of what arrived for the frame since, and
-    /// the markers cached for its frames are forgotten (the commit may have landed before
-    /// the error), so the retry reads what is committed.
+    /// the markers cached for the frames it writes are forgotten (the commit may have landed
+    /// before the error), so the retry reads what is committed.
     pub fn put_back(&mut self, key: Key, records: Vec<Record>, rejects: &FrameRef) {
         self.versions
-            .retain(|(f, _, r), _| !(*r == key.route && (*f == key.frame || f == rejects)));
+            .retain(|(f, _), _| *f != key.frame && f != rejects);
         let bytes: usize = records.iter().map(Record::size).sum();
         let buf = self.buffers.entry(key).or_insert_with(|| Buffer {
             records: Vec::new(),
@@ -373,10 +373,10 @@ mod tests {
         let mut st = State::default();
         let k = key("h.b.f");
         let rejects: FrameRef = "h.b.f_rejects".parse().unwrap();
-        st.versions.insert((k.frame.clone(), false, 0), 5);
-        st.versions.insert((rejects.clone(), true, 0), 4);
+        st.versions.insert((k.frame.clone(), "r".into()), 5);
+        st.versions.insert((rejects.clone(), "r".into()), 4);
         st.versions
-            .insert(("h.b.other".parse().unwrap(), false, 0), 9);
+            .insert(("h.b.other".parse().unwrap(), "r".into()), 9);
         st.push(k.clone(), rec(1, "t", "a"));
         let (_, taken) = st.take_due(true, 0, Duration::ZERO).remove(0);
         st.push(k.clone(), rec(2, "t", "b"));

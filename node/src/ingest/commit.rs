@@ -25,7 +25,6 @@ use crate::names::FrameRef;
 /// Messages turned from JSON rows into Arrow at a time when committing.
 const DECODE_CHUNK: usize = 8192;
 
-/// Where messages go whose topic names no valid frame.
 /// Payload fields of these rows the schema has no column for. The columns the route adds
 /// (topic levels, the receive time) are filled only where the frame has them.
 fn new_fields(route: &Route, schema: &Schema, rows: &[(usize, Row)]) -> BTreeSet<String> {
@@ -40,6 +39,8 @@ fn new_fields(route: &Route, schema: &Schema, rows: &[(usize, Row)]) -> BTreeSet
         .collect()
 }
 
+/// Where messages go whose topic names no valid frame, or a frame that does not exist and
+/// is not made (`ingest.auto_create = false`).
 pub(super) fn unroutable() -> FrameRef {
     FrameRef::new("apiary", "ingest", "unroutable").expect("a valid name")
 }
@@ -73,7 +74,7 @@ impl Inner {
         let mut skipped = 0;
         for (rec, unanswered) in records.into_iter().zip(unanswered) {
             let key = self.key_for(&rec);
-            let main = self.version(&key.frame, false, key.route).await?;
+            let main = self.version(&key.frame, &self.app_id(key.route)).await?;
             let mut st = self.state.lock().expect("ingest lock");
             st.remember(&rec, 0, !unanswered);
             // Its rows are in (and its rejects, committed before them, too). Anything else
@@ -93,13 +94,13 @@ impl Inner {
         Ok(())
     }
 
-    /// The txn version committed for this route into `frame` (cached; -1 for none).
-    pub(super) async fn version(&self, frame: &FrameRef, rejects: bool, route: u32) -> Result<i64> {
-        let k = (frame.clone(), rejects, route);
+    /// The txn version committed under `app_id` into `frame` (cached; -1 for none).
+    pub(super) async fn version(&self, frame: &FrameRef, app_id: &str) -> Result<i64> {
+        let k = (frame.clone(), app_id.to_string());
         if let Some(v) = self.state.lock().expect("ingest lock").versions.get(&k) {
             return Ok(*v);
         }
-        let v = match self.frames.txn_version(frame, &self.app_id(route)).await {
+        let v = match self.frames.txn_version(frame, app_id).await {
             Ok(v) => v.unwrap_or(-1),
             Err(e) if e.kind == ErrorKind::NotFound => -1,
             Err(e) => return Err(e),
@@ -164,9 +165,8 @@ impl Inner {
             return Ok(());
         };
         let route = &self.routes[key.route as usize];
-        let main_v = self.version(&key.frame, false, key.route).await?;
-        let rej_frame = rejects_of(&key.frame);
-        let rej_v = self.version(&rej_frame, true, key.route).await?;
+        let main_app = self.app_id(key.route);
+        let main_v = self.version(&key.frame, &main_app).await?;
         let mut rejects: Vec<(&Record, String)> = Vec::new();
         let unroutable = key.frame == unroutable();
         let def = if unroutable {
@@ -174,14 +174,24 @@ impl Inner {
         } else {
             match self.frame_def(route, &key.frame, records).await {
                 Ok(d) => Some(d),
-                Err(e) => {
+                // The frame is not there and is not made: its messages are unroutable.
+                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::InvalidInput) => {
                     for r in records {
-                        rejects.push((r, format!("frame {} unavailable: {e}", key.frame)));
+                        rejects.push((r, e.message.clone()));
                     }
                     None
                 }
+                Err(e) => return Err(e),
             }
         };
+        // Rejects of an existing frame go beside it; unroutable ones to one frame for all,
+        // each source frame with its own marker (their buffers commit in any order).
+        let (rej_frame, rej_app) = if def.is_some() || unroutable {
+            (rejects_of(&key.frame), main_app.clone())
+        } else {
+            (self::unroutable(), format!("{main_app}:{}", key.frame))
+        };
+        let rej_v = self.version(&rej_frame, &rej_app).await?;
         let mut batch: Option<Vec<RecordBatch>> = None;
         if let Some(mut def) = def {
             let mut schema = crate::frames::arrow_schema(&def)?;
@@ -265,12 +275,12 @@ impl Inner {
         if !rejects.is_empty() {
             self.ensure_rejects_frame(&rej_frame).await?;
             let rb = payload::rejects_batch(&rejects);
-            self.append(&rej_frame, vec![rb], key.route, last).await?;
+            self.append(&rej_frame, vec![rb], &rej_app, last).await?;
             self.state
                 .lock()
                 .expect("ingest lock")
                 .versions
-                .insert((rej_frame.clone(), true, key.route), last as i64);
+                .insert((rej_frame.clone(), rej_app), last as i64);
             self.stats
                 .rejected
                 .fetch_add(rejects.len() as u64, Ordering::Relaxed);
@@ -279,12 +289,12 @@ impl Inner {
             && batch.iter().any(|b| b.num_rows() > 0)
         {
             let rows = batch.iter().map(|b| b.num_rows() as u64).sum();
-            self.append(&key.frame, batch, key.route, last).await?;
+            self.append(&key.frame, batch, &main_app, last).await?;
             self.state
                 .lock()
                 .expect("ingest lock")
                 .versions
-                .insert((key.frame.clone(), false, key.route), last as i64);
+                .insert((key.frame.clone(), main_app), last as i64);
             self.stats.committed_rows.fetch_add(rows, Ordering::Relaxed);
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -298,10 +308,10 @@ impl Inner {
         &self,
         frame: &FrameRef,
         batches: Vec<RecordBatch>,
-        route: u32,
+        app_id: &str,
         version: u64,
     ) -> Result<()> {
-        let app_id = self.app_id(route);
+        let app_id = app_id.to_string();
         self.pool
             .run(&format!("ingest {frame}"), async |chamber| {
                 let ctx = WriteCtx {
@@ -331,6 +341,12 @@ impl Inner {
         match reg.frame(frame).await {
             Ok(d) => return Ok(d),
             Err(e) if e.kind == ErrorKind::NotFound && self.config.auto_create => {}
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Err(Error::not_found(format!(
+                    "frame {frame} does not exist and ingest.auto_create is off ({})",
+                    e.message
+                )));
+            }
             Err(e) => return Err(e),
         }
         let sample: Vec<Row> = records

@@ -40,7 +40,7 @@ impl Inner {
             .versions
             .keys()
             // Keys name the frame itself: the rejects frame for rejects markers.
-            .map(|(f, _, _)| f.clone())
+            .map(|(f, _)| f.clone())
             .collect();
         for name in frames {
             let compacted = self
