@@ -36,8 +36,11 @@ pub(super) struct Stats {
 /// Commit durations kept for the percentiles in the status.
 pub(super) const COMMIT_SAMPLES: usize = 1000;
 
+/// How often at most the status file is rewritten.
+const STATUS_FILE_PERIOD: Duration = Duration::from_secs(5);
+
 /// What `apiary ingest status` shows (also written to `<state_dir>/ingest-status.json`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct IngestStatus {
     pub broker: String,
     pub routes: Vec<String>,
@@ -70,8 +73,11 @@ pub struct IngestStatus {
 }
 
 impl Inner {
+    /// Every second the rate; every few seconds, and only when a figure moved, the file (the
+    /// SD card should not be rewritten every second by a node that idles for months).
     pub(super) async fn status_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut last = (Instant::now(), 0u64);
+        let mut written = (Instant::now(), self.status_without_time());
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -82,7 +88,20 @@ impl Inner {
             last = (Instant::now(), received);
             self.rate_ppm
                 .store((rate * 1000.0) as u64, Ordering::Relaxed);
-            self.write_status();
+            if written.0.elapsed() >= STATUS_FILE_PERIOD {
+                let now = self.status_without_time();
+                if now != written.1 {
+                    self.write_status();
+                    written = (Instant::now(), now);
+                }
+            }
+        }
+    }
+
+    fn status_without_time(&self) -> IngestStatus {
+        IngestStatus {
+            updated_ms: 0,
+            ..self.status()
         }
     }
 
