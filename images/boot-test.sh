@@ -233,6 +233,8 @@ on_board() {
 }
 until_ok 120 "SSH login with the key from apiary.toml" on_board true
 [ "$(on_board systemctl is-active apiary.service)" = active ] || fail "apiary.service is not active"
+on_board dpkg-query -W -f='${Status} ${Version}\n' apiary | grep -q '^install ok installed ' \
+  || fail "the node is not the installed apiary package"
 [ "$(on_board cat /proc/sys/kernel/hostname)" = hive-boot-test ] || fail "the host name is not hive-boot-test"
 wpa=$(on_board cat /etc/wpa_supplicant/wpa_supplicant-wlan0.conf) || fail "no Wi-Fi configuration written"
 grep -qx 'country=GB' <<<"$wpa" && grep -q 'ssid="Bee Net"' <<<"$wpa" \

@@ -37,12 +37,7 @@ need_commands mmdebstrap:mmdebstrap arch-test:arch-test mcopy:mtools mkfs.vfat:d
 [ -x "$bin" ] || "$REPO/scripts/cross-build.sh" aarch64-unknown-linux-gnu
 file -b "$bin" | grep -q 'ARM aarch64' || { echo "$bin is not an aarch64 binary" >&2; exit 2; }
 
-# arm64 maintainer scripts run through qemu-user; register it when the kernel does not know.
-binfmt=/proc/sys/fs/binfmt_misc
-mountpoint -q "$binfmt" || mount -t binfmt_misc binfmt_misc "$binfmt"
-if [ ! -e "$binfmt/qemu-aarch64" ]; then
-  cat /usr/lib/binfmt.d/qemu-aarch64.conf > "$binfmt/register"
-fi
+need_binfmt_aarch64   # arm64 maintainer scripts run through qemu-user
 
 mkdir -p "$cache/debs" "$out"
 work=$(mktemp -d "$out/build.XXXXXX")
@@ -81,9 +76,11 @@ root="$work/root"
 mkdir "$root"
 tar --numeric-owner -xpf "$base" -C "$root"
 cp -a "$here/rootfs/." "$root/"
-install -m 0755 "$bin" "$root/usr/bin/apiary"
-install -m 0644 "$REPO/yocto/meta-apiary/recipes-apiary/apiary/files/apiary.service" \
-  "$root/usr/lib/systemd/system/apiary.service"
+# The node from its Debian package, so dpkg owns it (and an update replaces it cleanly).
+deb=$("$REPO/packaging/deb/build.sh" arm64 "$bin" "$work/deb")
+cp "$deb" "$root/tmp/apiary.deb"
+chroot "$root" dpkg -i /tmp/apiary.deb >/dev/null
+rm "$root/tmp/apiary.deb"
 echo apiary > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tapiary\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 : > "$root/etc/machine-id"   # made on first boot, so each board has its own

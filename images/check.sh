@@ -65,7 +65,7 @@ check "root: Debian 13 (trixie)" has "$work/debian_version" '^13'
 dbg "dump /usr/bin/apiary $work/apiary" >/dev/null
 check "root: /usr/bin/apiary is an aarch64 executable" sh -c "file -b '$work/apiary' | grep -q 'ARM aarch64'"
 dbg "cat /var/lib/dpkg/status" > "$work/status"
-for p in linux-image-arm64 raspi-firmware firmware-brcm80211 systemd systemd-timesyncd \
+for p in apiary linux-image-arm64 raspi-firmware firmware-brcm80211 systemd systemd-timesyncd \
          fake-hwclock openssh-server wpasupplicant ca-certificates cloud-guest-utils; do
   check "root: package $p installed" \
     python3 -c "import sys; t=open(sys.argv[1]).read(); sys.exit(0 if '\nPackage: $p\nStatus: install ok installed' in '\n'+t else 1)" "$work/status"
@@ -90,6 +90,8 @@ for f in /usr/lib/apiary/apiary-boot /usr/lib/sysusers.d/apiary.conf \
          /usr/bin/wpa_passphrase; do
   check "root: $f" sh -c "debugfs -R 'stat $f' '$rootfs' 2>/dev/null | grep -q 'Type: regular'"
 done
+dbg "cat /etc/passwd" > "$work/passwd"
+check "root: the apiary user (made by the package)" has "$work/passwd" '^apiary:'
 dbg "stat /etc/machine-id" > "$work/machine-id"
 check "root: empty machine-id (made at first boot)" has "$work/machine-id" 'Size: 0'
 check "root: ext4 label apiary-root" sh -c "dumpe2fs -h '$rootfs' 2>/dev/null | grep -q 'volume name: *apiary-root'"

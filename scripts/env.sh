@@ -39,3 +39,12 @@ need_commands() {
   done
   need_packages "${missing[@]}"
 }
+
+# Run arm64 programs (maintainer scripts in a chroot) through qemu-user: mount binfmt_misc
+# and register qemu-aarch64 when the kernel does not know them yet.
+need_binfmt_aarch64() {
+  need_commands qemu-aarch64-static:qemu-user-static
+  local binfmt=/proc/sys/fs/binfmt_misc
+  mountpoint -q "$binfmt" || mount -t binfmt_misc binfmt_misc "$binfmt"
+  [ -e "$binfmt/qemu-aarch64" ] || cat /usr/lib/binfmt.d/qemu-aarch64.conf > "$binfmt/register"
+}
