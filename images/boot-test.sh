@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Boot test: the image's kernel, initrd and disk under qemu-system-aarch64 -M virt (software
 # emulation: the Pi's own firmware cannot be emulated), with user networking so the guest
-# reaches this host's S3 server and MQTT broker at 10.0.2.2. Two first boots of fresh copies:
+# reaches this host's S3 server and MQTT broker at 10.0.2.2. Three first boots of fresh copies:
 #   1. a malformed apiary.toml: the node stays stopped, the reason is on the console and in
 #      apiary-error.txt on the boot partition, and the board is still reachable over SSH;
 #   2. a non-default apiary.toml (S3 meadow, external broker, a route, host name, SSH key,
 #      Wi-Fi): the node's heartbeat appears in the host's bucket, MQTT messages published on
 #      the host land in a frame, and SQL over them answers both from the host (another node
 #      on the bucket) and through the guest's HTTP API with the token the first boot wrote
-#      to the boot partition; over SSH the settings are in place; after power-off the
-#      heartbeat is gone and the root partition has grown;
+#      to the boot partition; over SSH the settings are in place and the node is the
+#      installed apiary package; after power-off the heartbeat is gone and the root
+#      partition has grown;
 #   3. the image's own apiary.toml: the node's MQTT listener on 0.0.0.0:1883 refuses anonymous
 #      publishers and takes the device credential the first boot wrote to the boot partition,
-#      and mqtts on 8883 serves the certificate whose fingerprint is written there;
+#      and mqtts on 8883 serves the certificate whose fingerprint is written there; the
+#      firewall admits SSH and the configured ports only (port 9999 answers on loopback only);
 #      a publisher on the host sends QoS 1 messages while qemu is SIGKILLed three times at
 #      random moments (a power cut: the guest's RAM and page cache vanish) and booted again;
 #      every acknowledged message is in the frame exactly once, and a topic of a hive outside
@@ -86,6 +88,7 @@ prepare() { # prepare <disk> <apiary.toml>
 
 mqtt_fwd=$(free_port)   # the guest's MQTT listeners, the same ports on the host at every boot
 mqtts_fwd=$(free_port)
+probe_fwd=$(free_port)  # the guest's port 9999, which no config names (the firewall test)
 boot() { # boot <disk>
   http_port=$(free_port); ssh_port=$(free_port)
   : > "$work/console.log"
@@ -93,7 +96,7 @@ boot() { # boot <disk>
     -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
     -append "$cmdline" \
     -drive "if=none,id=disk,format=raw,file=$1" -device virtio-blk-pci,drive=disk \
-    -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22,hostfwd=tcp:127.0.0.1:$mqtt_fwd-:1883,hostfwd=tcp:127.0.0.1:$mqtts_fwd-:8883" \
+    -netdev "user,id=net,hostfwd=tcp:127.0.0.1:$http_port-:8080,hostfwd=tcp:127.0.0.1:$ssh_port-:22,hostfwd=tcp:127.0.0.1:$mqtt_fwd-:1883,hostfwd=tcp:127.0.0.1:$mqtts_fwd-:8883,hostfwd=tcp:127.0.0.1:$probe_fwd-:9999" \
     -device virtio-net-pci,netdev=net,romfile= -device virtio-rng-pci \
     -serial "file:$work/console.log" -monitor "unix:$work/monitor,server,nowait" &
   qemu_pid=$!
@@ -118,6 +121,11 @@ PY
   qemu_pid=
 }
 
+# On the board, over SSH as root with the key from apiary.toml (boots 2 and 3).
+on_board() {
+  ssh -i "$work/id_boot_test" -p "$ssh_port" -o BatchMode=yes -o ConnectTimeout=20 \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1 "$@"
+}
 ssh_banner() { # sshd answers with its version line: host keys exist and it runs
   python3 - "$ssh_port" <<'PY'
 import socket, sys
@@ -226,15 +234,11 @@ budget=$("$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" bee
   | python3 -c 'import json, sys; print(sum(b["memory_budget"] for b in json.load(sys.stdin)) >> 20)')
 [ "$budget" -le $((1024 * 3 / 4 * 7 / 10)) ] || fail "the bees' budgets ($budget MiB) exceed the unit's MemoryMax"
 echo "bees' memory budgets: $budget MiB in all, under MemoryMax"
-# On the board, over SSH as root with the key from apiary.toml.
-on_board() {
-  ssh -i "$work/id_boot_test" -p "$ssh_port" -o BatchMode=yes -o ConnectTimeout=20 \
-    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1 "$@"
-}
 until_ok 120 "SSH login with the key from apiary.toml" on_board true
 [ "$(on_board systemctl is-active apiary.service)" = active ] || fail "apiary.service is not active"
-on_board dpkg-query -W -f='${Status} ${Version}\n' apiary | grep -q '^install ok installed ' \
-  || fail "the node is not the installed apiary package"
+# (Quoted for the board's shell, which reads the command again.)
+[ "$(on_board "dpkg-query -W -f='\${Status}' apiary")" = "install ok installed" ] \
+  || fail "the node is not the installed apiary package: $(on_board dpkg -l apiary 2>&1 | tail -1)"
 [ "$(on_board cat /proc/sys/kernel/hostname)" = hive-boot-test ] || fail "the host name is not hive-boot-test"
 wpa=$(on_board cat /etc/wpa_supplicant/wpa_supplicant-wlan0.conf) || fail "no Wi-Fi configuration written"
 grep -qx 'country=GB' <<<"$wpa" && grep -q 'ssid="Bee Net"' <<<"$wpa" \
@@ -297,6 +301,28 @@ timeout 20 mosquitto_pub -h 127.0.0.1 -p "$mqtts_fwd" --cafile "$work/mqtts.pem"
   -u "$user" -P "$password" -t apiary/sensors/power/tls -m '{"over": "tls"}' \
   || fail "a QoS 1 publish over mqtts with the pinned certificate was not acked"
 echo "mqtts on 8883: the certificate matches the boot partition's fingerprint; a publish is acked"
+# The firewall: a listener on a port apiary.toml does not name answers on the board's loopback
+# but not from the network; the named ones (1883, 8883, 8080 above, and SSH) do.
+until_ok 120 "SSH login on the default image" on_board true
+rule=$(on_board nft list table inet apiary | grep 'tcp dport') || fail "no firewall table on the board"
+[ "$(grep -o '[0-9]\+' <<<"$rule" | sort -n | tr '\n' ' ')" = "22 1883 8080 8883 " ] \
+  || fail "the firewall does not admit exactly SSH and the configured ports: $rule"
+on_board systemd-run --unit=probe-9999 systemd-socket-activate -l 9999 --accept --inetd cat >/dev/null
+echo_on_board() { [ "$(on_board "bash -c 'exec 3<>/dev/tcp/127.0.0.1/9999; echo ping >&3; timeout 5 head -1 <&3'")" = ping ]; }
+until_ok 60 "an echo service on the board's port 9999" echo_on_board
+from_host=$(python3 - "$probe_fwd" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+try:
+    s.sendall(b"ping\n")
+    print(s.recv(16).decode().strip())
+except OSError:
+    pass
+PY
+) || true
+[ -z "$from_host" ] || fail "port 9999, which apiary.toml does not name, answered from the network: $from_host"
+on_board test -f /etc/systemd/dnssd/apiary-mqtt.dnssd || fail "no DNS-SD record for the MQTT listener"
+echo "firewall: only SSH, 1883, 8883 and 8080 are open; port 9999 answers on loopback only; MQTT advertised over mDNS"
 : > "$work/acked"
 (
   n=1

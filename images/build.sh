@@ -28,7 +28,7 @@ case "$board" in pi4|pi5) ;; *) echo "APIARY_BOARD=$board: use pi4 or pi5" >&2; 
 packages=(
   systemd systemd-sysv systemd-timesyncd systemd-resolved udev dbus kmod netbase iproute2
   linux-image-arm64 initramfs-tools raspi-firmware firmware-brcm80211 fake-hwclock
-  openssh-server wpasupplicant wireless-regdb ca-certificates cloud-guest-utils
+  openssh-server wpasupplicant wireless-regdb ca-certificates cloud-guest-utils nftables
 )
 
 # arch-test: mmdebstrap checks with it that the foreign architecture runs (a Recommends).

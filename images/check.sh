@@ -66,7 +66,7 @@ dbg "dump /usr/bin/apiary $work/apiary" >/dev/null
 check "root: /usr/bin/apiary is an aarch64 executable" sh -c "file -b '$work/apiary' | grep -q 'ARM aarch64'"
 dbg "cat /var/lib/dpkg/status" > "$work/status"
 for p in apiary linux-image-arm64 raspi-firmware firmware-brcm80211 systemd systemd-timesyncd \
-         fake-hwclock openssh-server wpasupplicant ca-certificates cloud-guest-utils; do
+         fake-hwclock openssh-server wpasupplicant ca-certificates cloud-guest-utils nftables; do
   check "root: package $p installed" \
     python3 -c "import sys; t=open(sys.argv[1]).read(); sys.exit(0 if '\nPackage: $p\nStatus: install ok installed' in '\n'+t else 1)" "$work/status"
 done
