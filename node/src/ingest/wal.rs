@@ -30,6 +30,9 @@ pub struct Record {
     pub payload: Bytes,
 }
 
+/// redb's page cache (its default is 1 GiB): the log is written once and read back only
+/// after a restart, so a small cache costs nothing and keeps the node small.
+const CACHE_BYTES: usize = 4 << 20;
 /// The log's file in its directory (`<state_dir>/wal/`).
 const FILE: &str = "log.redb";
 /// Records by sequence number.
@@ -121,7 +124,10 @@ impl Wal {
         // its last write: wait a little for it rather than fail a restart.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let db = loop {
-            match Database::create(&path) {
+            match Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+            {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if std::time::Instant::now() < deadline =>
                 {
