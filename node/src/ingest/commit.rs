@@ -143,7 +143,7 @@ impl Inner {
                         }
                     }
                     let trim = self.state.lock().expect("ingest lock").committed(&records);
-                    if let Err(e) = self.wal.remove(trim) {
+                    if let Err(e) = self.wal.remove(trim).await {
                         tracing::warn!(error = %e, "trimming the write-ahead log failed");
                     }
                 }

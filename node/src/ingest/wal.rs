@@ -170,8 +170,14 @@ impl Wal {
     /// A publisher connects: is there a persistent session of its client id (from before,
     /// also before a restart)? A clean connection ends any; a persistent one is remembered
     /// (on disk with the next appended records).
-    pub fn open_session(&self, client_id: &str, clean: bool) -> Result<bool> {
-        let mut txn = self.db.begin_write().map_err(wal_err)?;
+    pub async fn open_session(&self, client_id: &str, clean: bool) -> Result<bool> {
+        let client_id = client_id.to_string();
+        self.off_thread(move |db| Self::session(db, &client_id, clean))
+            .await
+    }
+
+    fn session(db: &Database, client_id: &str, clean: bool) -> Result<bool> {
+        let mut txn = db.begin_write().map_err(wal_err)?;
         txn.set_durability(Durability::None).map_err(wal_err)?;
         let before = {
             let mut sessions = txn.open_table(SESSIONS).map_err(wal_err)?;
@@ -191,13 +197,23 @@ impl Wal {
         Ok(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// A write transaction waits for the one before (an fsync, perhaps): run it on a
+    /// blocking thread, never on the async ones.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(wal_err)?
+    }
+
     /// Add records in one transaction, on disk (fsynced) when this returns.
     pub async fn append(&self, records: &[Record]) -> Result<()> {
         let encoded: Vec<(u64, Vec<u8>)> = records.iter().map(|r| (r.seq, r.encode())).collect();
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || Self::insert(&db, &encoded, 0, Durability::Immediate))
+        self.off_thread(move |db| Self::insert(db, &encoded, 0, Durability::Immediate))
             .await
-            .map_err(wal_err)?
     }
 
     /// Insert encoded records, raising the kept next sequence number past them (and to at
@@ -230,16 +246,19 @@ impl Wal {
 
     /// Drop committed records. Not fsynced: a removal lost in a power cut only replays
     /// records whose frames already hold them (their txn versions say so).
-    pub fn remove(&self, seqs: impl IntoIterator<Item = u64>) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(wal_err)?;
-        txn.set_durability(Durability::None).map_err(wal_err)?;
-        {
-            let mut table = txn.open_table(RECORDS).map_err(wal_err)?;
-            for s in seqs {
-                table.remove(s).map_err(wal_err)?;
+    pub async fn remove(&self, seqs: Vec<u64>) -> Result<()> {
+        self.off_thread(move |db| {
+            let mut txn = db.begin_write().map_err(wal_err)?;
+            txn.set_durability(Durability::None).map_err(wal_err)?;
+            {
+                let mut table = txn.open_table(RECORDS).map_err(wal_err)?;
+                for s in seqs {
+                    table.remove(s).map_err(wal_err)?;
+                }
             }
-        }
-        txn.commit().map_err(wal_err)
+            txn.commit().map_err(wal_err)
+        })
+        .await
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<Record>> {
@@ -326,7 +345,7 @@ mod sled_log {
         let next = db.generate_id().map_err(wal_err)? + 1;
         drop(db);
         for s in &sessions {
-            wal.open_session(s, false)?;
+            Wal::session(&wal.db, s, false)?;
         }
         let top = encoded.iter().map(|(s, _)| s + 1).fold(next, u64::max);
         Wal::insert(&wal.db, &encoded, next, Durability::Immediate)?;
@@ -383,7 +402,7 @@ mod tests {
             b = wal.next_seq().unwrap();
             assert!(b > a && a > 0);
             wal.append(&[rec(a), rec(b), rec(b + 300)]).await.unwrap();
-            wal.remove([a]).unwrap();
+            wal.remove(vec![a]).await.unwrap();
             wal.append(&[]).await.unwrap();
         }
         let wal = Wal::open(dir.path()).unwrap();
@@ -397,7 +416,7 @@ mod tests {
             wal.next_seq().unwrap() > b + 300,
             "sequence keeps rising after reopen"
         );
-        wal.remove([b, b + 300]).unwrap();
+        wal.remove(vec![b, b + 300]).await.unwrap();
         wal.append(&[]).await.unwrap();
         drop(wal);
         let wal = Wal::open(dir.path()).unwrap();
@@ -452,7 +471,10 @@ mod tests {
             ("t", &b"p"[..], "")
         );
         assert_eq!(all[1], rec(43));
-        assert!(wal.open_session("sensor-1", false).unwrap(), "session kept");
+        assert!(
+            Wal::session(&wal.db, "sensor-1", false).unwrap(),
+            "session kept"
+        );
         assert!(wal.next_seq().unwrap() > 500, "sequence kept rising");
         for gone in ["conf", "db", "blobs"] {
             assert!(!dir.path().join(gone).exists(), "{gone} left behind");
@@ -461,18 +483,18 @@ mod tests {
         assert_eq!(Wal::open(dir.path()).unwrap().len(), 2, "moved once");
     }
 
-    #[test]
-    fn persistent_sessions_are_remembered_and_clean_ones_end_them() {
+    #[tokio::test]
+    async fn persistent_sessions_are_remembered_and_clean_ones_end_them() {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path()).unwrap();
-        assert!(!wal.open_session("a", false).unwrap(), "new");
-        assert!(wal.open_session("a", false).unwrap(), "present");
+        assert!(!wal.open_session("a", false).await.unwrap(), "new");
+        assert!(wal.open_session("a", false).await.unwrap(), "present");
         assert!(
-            !wal.open_session("a", true).unwrap(),
+            !wal.open_session("a", true).await.unwrap(),
             "a clean start has no session"
         );
         assert!(
-            !wal.open_session("a", false).unwrap(),
+            !wal.open_session("a", false).await.unwrap(),
             "ended by the clean start"
         );
     }

@@ -271,7 +271,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(door: Arc<Door>, mut io: S, pe
     } else {
         connect.client_id.clone()
     };
-    let present = match door.wal.open_session(&client_id, connect.clean) {
+    let present = match door.wal.open_session(&client_id, connect.clean).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "MQTT session store failed");
