@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build the Raspberry Pi image: Debian stable (trixie) arm64 from Debian's archive alone, plus
-# the apiary binary, as an MBR disk with a FAT boot partition and an ext4 root.
+# Build the Raspberry Pi image (Pi 4, 400, CM4 and Pi 5 from one image): Debian stable (trixie)
+# arm64 with the kernel from trixie-backports, from Debian's archive alone, plus the apiary
+# package, as an MBR disk with a FAT boot partition and an ext4 root.
 #
 #   images/build.sh            -> $APIARY_IMAGE_DIR/apiary-pi-arm64.img(.xz)
 #
-# Settings (environment): APIARY_BOARD=pi4|pi5 (config.txt's board; default pi4),
-# APIARY_AARCH64_BIN (default: scripts/cross-build.sh's output, built when missing),
-# APIARY_IMAGE_DIR (default $CARGO_TARGET_DIR/images), APIARY_DEBIAN_MIRROR.
+# Settings (environment): APIARY_AARCH64_BIN (default: scripts/cross-build.sh's output, built
+# when missing), APIARY_IMAGE_DIR (default $CARGO_TARGET_DIR/images), APIARY_DEBIAN_MIRROR.
 #
 # Runs as root: mmdebstrap installs the arm64 packages in a chroot, their maintainer
 # scripts running under qemu-user (binfmt_misc is mounted when it is not). The file
@@ -17,12 +17,10 @@ set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
 . "$(dirname "$0")/layout.sh"
 here="$REPO/images"
-board="${APIARY_BOARD:-pi4}"
 mirror="${APIARY_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 out="${APIARY_IMAGE_DIR:-$CARGO_TARGET_DIR/images}"
 cache="$HOME/.cache/apiary/images"
 bin="${APIARY_AARCH64_BIN:-$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/appliance/apiary}"
-case "$board" in pi4|pi5) ;; *) echo "APIARY_BOARD=$board: use pi4 or pi5" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "images/build.sh runs as root (mmdebstrap's chroot)" >&2; exit 2; }
 
 packages=(
@@ -44,26 +42,29 @@ work=$(mktemp -d "$out/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 # 1. The base system, cached by what goes into it.
-key=$( (echo "$mirror" "$board" "${packages[*]}"; sed -n '/^ *# base:begin$/,/^ *# base:end$/p' "$0"
-       cat "$here/boot/raspi-firmware-$board") | sha256sum | cut -c1-16)
+pin="$here/rootfs/etc/apt/preferences.d/apiary-kernel.pref"
+key=$( (echo "$mirror" "${packages[*]}"; sed -n '/^ *# base:begin$/,/^ *# base:end$/p' "$0"
+       cat "$here/boot/raspi-firmware" "$pin") | sha256sum | cut -c1-16)
 base="$cache/base-$key.tar"
 if [ ! -f "$base" ]; then
-  echo "== mmdebstrap: Debian trixie arm64 (${#packages[@]} packages and their dependencies)"
+  echo "== mmdebstrap: Debian trixie arm64, kernel from trixie-backports (${#packages[@]} packages and their dependencies)"
   rm -f "$base.tmp"
   # base:begin
   mmdebstrap --mode=root --format=tar --variant=minbase --architectures=arm64 \
-    --components=main,non-free-firmware --include="$(IFS=,; echo "${packages[*]}")" \
+    --include="$(IFS=,; echo "${packages[*]}")" \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    --setup-hook='mkdir -p "$1/boot/firmware" "$1/var/cache/apt/archives"' \
+    --setup-hook='mkdir -p "$1/boot/firmware" "$1/var/cache/apt/archives" "$1/etc/apt/preferences.d"' \
+    --setup-hook="cp $pin \"\$1/etc/apt/preferences.d/\"" \
     --setup-hook="sync-in $cache/debs /var/cache/apt/archives" \
     --skip=essential/unlink \
     --customize-hook="sync-out /var/cache/apt/archives $cache/debs" \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
-    --customize-hook="cp $here/boot/raspi-firmware-$board \"\$1/etc/default/raspi-firmware\"" \
+    --customize-hook="cp $here/boot/raspi-firmware \"\$1/etc/default/raspi-firmware\"" \
     --customize-hook='chroot "$1" env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware' \
     --customize-hook='rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*_Packages' \
-    trixie "$base.tmp" "$mirror"
+    trixie "$base.tmp" "deb $mirror trixie main non-free-firmware" \
+    "deb $mirror trixie-backports main non-free-firmware"
   # base:end
   mv "$base.tmp" "$base"
   # Older bases of other package lists are of no more use.
@@ -71,11 +72,14 @@ if [ ! -f "$base" ]; then
 fi
 
 # 2. The root file system: the base, this repository's files, the node.
-echo "== root file system ($board)"
+echo "== root file system"
 root="$work/root"
 mkdir "$root"
 tar --numeric-owner -xpf "$base" -C "$root"
 cp -a "$here/rootfs/." "$root/"
+# The Pi 5 D0 device tree under the name its firmware looks for (the hook runs again at every
+# kernel upgrade on the board).
+chroot "$root" env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z60-apiary-pi5-d0
 # The node from its Debian package, so dpkg owns it (and an update replaces it cleanly).
 deb=$("$REPO/packaging/deb/build.sh" arm64 "$bin" "$work/deb")
 cp "$deb" "$root/tmp/apiary.deb"
@@ -99,7 +103,8 @@ cp "$here/boot/apiary.toml" "$boot/apiary.toml"
 
 # 4. File systems from the directories, then the disk: MBR, FAT at BOOT_START_MIB, root after.
 mib=$((1 << 20))
-boot_mib=256
+# Room for two kernels (~52 MB each, uncompressed) and their initrds during an upgrade.
+boot_mib=512
 root_mib=$(( $(du -sm "$root" | cut -f1) * 5 / 4 + 256 ))
 mkfs.vfat -n APIARYBOOT -C "$work/boot.fat" $((boot_mib * 1024)) >/dev/null
 mcopy -s -i "$work/boot.fat" "$boot"/* ::

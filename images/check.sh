@@ -8,6 +8,7 @@ set -euo pipefail
 img="${1:-${APIARY_IMAGE_DIR:-$CARGO_TARGET_DIR/images}/apiary-pi-arm64.img}"
 host_bin="${APIARY_BIN:-$CARGO_TARGET_DIR/debug/apiary}"
 [ -f "$img" ] || { echo "no image at $img: run images/build.sh" >&2; exit 2; }
+need_commands mcopy:mtools debugfs:e2fsprogs sfdisk:fdisk file:file zstd:zstd cpio:cpio
 [ -x "$host_bin" ] || cargo build -q -p apiary --bin apiary
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -42,8 +43,11 @@ root_start=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pa
 mkdir "$work/boot"
 mcopy -s -n -i "$boot" '::*' "$work/boot/"
 check "boot partition label APIARYBOOT" sh -c "MTOOLS_SKIP_CHECK=1 mlabel -s -i '$boot' :: | grep -q APIARYBOOT"
+# Pi 4 (its firmware is start4.elf; a Pi 5's is in its EEPROM) and both Pi 5 steppings (C1; D0
+# under the name its firmware looks for).
 for f in start4.elf fixup4.dat bcm2711-rpi-4-b.dtb bcm2711-rpi-400.dtb bcm2711-rpi-cm4-io.dtb \
-         bcm2712-rpi-5-b.dtb config.txt cmdline.txt apiary.toml; do
+         bcm2712-rpi-5-b.dtb bcm2712-d-rpi-5-b.dtb bcm2712d0-rpi-5-b.dtb config.txt cmdline.txt \
+         apiary.toml; do
   check "boot: $f" test -s "$work/boot/$f"
 done
 c="$work/boot/config.txt"
@@ -52,8 +56,21 @@ kernel=$(config_kernel "$c"); initrd=$(config_initrd "$c")
 check "config.txt: kernel $kernel is there, an arm64 Linux image" \
   sh -c "file -b '$work/boot/$kernel' | grep -q 'Linux kernel ARM64 boot executable'"
 check "config.txt: initramfs $initrd is there" test -s "$work/boot/$initrd"
-check "cmdline.txt: root by label, serial console" \
-  has "$work/boot/cmdline.txt" 'root=LABEL=apiary-root .*rootwait|console=ttyS1,115200 .*root=LABEL=apiary-root'
+check "cmdline.txt: root by label, serial consoles of the Pi 4 (ttyS1) and Pi 5 (ttyAMA10)" \
+  has "$work/boot/cmdline.txt" 'console=ttyS1,115200 console=ttyAMA10,115200 root=LABEL=apiary-root .*rootwait'
+check "bcm2712d0-rpi-5-b.dtb is Debian's D0 device tree" \
+  cmp "$work/boot/bcm2712-d-rpi-5-b.dtb" "$work/boot/bcm2712d0-rpi-5-b.dtb"
+# The kernel from trixie-backports (7.x), with the Pi 5's drivers; the SD card's in the initrd.
+version=${kernel#vmlinuz-}
+check "kernel $version is from trixie-backports (7.x)" sh -c "echo '$version' | grep -qE '^([7-9]|[1-9][0-9])\.'"
+case "$(file -b "$work/boot/$initrd")" in
+  Zstandard*) zstd -dc "$work/boot/$initrd" ;;
+  gzip*) gzip -dc "$work/boot/$initrd" ;;
+  *) cat "$work/boot/$initrd" ;;
+esac | cpio -it --quiet 2>/dev/null > "$work/initrd.list" || true
+check "initrd (MODULES=most) has the Pi 5's SD card driver sdhci-brcmstb" \
+  grep -q '/sdhci-brcmstb\.ko' "$work/initrd.list"
+check "initrd has the Pi 4's SD card driver sdhci-iproc" grep -q '/sdhci-iproc\.ko' "$work/initrd.list"
 check "apiary.toml template passes apiary config check" \
   "$host_bin" --config "$work/boot/apiary.toml" config check
 
@@ -64,6 +81,13 @@ dbg "cat /etc/debian_version" > "$work/debian_version"
 check "root: Debian 13 (trixie)" has "$work/debian_version" '^13'
 dbg "dump /usr/bin/apiary $work/apiary" >/dev/null
 check "root: /usr/bin/apiary is an aarch64 executable" sh -c "file -b '$work/apiary' | grep -q 'ARM aarch64'"
+dbg "cat /usr/lib/modules/$version/modules.dep" > "$work/modules.dep"
+for m in sdhci-brcmstb rp1_pci clk-rp1 pinctrl-rp1 pinctrl-brcmstb-bcm2712 irq-bcm2712-mip macb dwc3 \
+         sdhci-iproc genet; do
+  check "root: kernel module $m (Pi 4 / Pi 5)" grep -qE "/$m\.ko(\.xz|\.zst)?:" "$work/modules.dep"
+done
+dbg "cat /etc/apt/preferences.d/apiary-kernel.pref" > "$work/pin"
+check "root: kernel upgrades follow trixie-backports" has "$work/pin" '^Pin: release n=trixie-backports'
 dbg "cat /var/lib/dpkg/status" > "$work/status"
 for p in apiary linux-image-arm64 raspi-firmware firmware-brcm80211 systemd systemd-timesyncd \
          fake-hwclock openssh-server wpasupplicant ca-certificates cloud-guest-utils nftables; do
