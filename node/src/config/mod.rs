@@ -244,13 +244,17 @@ section! {
         pub auto_create: bool = true,
         /// Longest a message waits before its cell is committed.
         pub max_latency: Period = secs(5),
+        /// Messages held in memory for their cells, all frames together: above this, the
+        /// biggest buffers commit early (smaller cells, which compaction merges later).
+        pub buffer_max: ByteSize = ByteSize(32 << 20),
         /// Larger payloads are rejected.
         pub max_payload: ByteSize = ByteSize(256 << 10),
         /// Stop acking (the broker holds messages) when the write-ahead log is this large.
         pub wal_max: ByteSize = ByteSize(256 << 20),
-        /// Group commit of the write-ahead log: at most this long …
+        /// How often acks held back (backpressure, a busy broker connection) are tried again.
         pub flush_interval: Period = millis(5),
-        /// … or this many messages.
+        /// Group commit of the write-ahead log: at most this many messages per write. A group
+        /// is written as soon as the log is free, with what came while the last was written.
         pub flush_messages: usize = 1000,
         /// With an external broker, subscribe as `$share/<group>/<filter>` so that the nodes of
         /// a swarm split the messages. Empty: plain subscriptions.

@@ -49,16 +49,21 @@ impl State {
     /// start, see [`State::replayed`]).
     pub fn remember(&mut self, rec: &Record, connection: u64, answered: bool) {
         let id = Identity::of(&rec.session, rec.pkid, &rec.topic, &rec.payload);
+        self.remember_as(id, rec.seq, connection, answered);
+    }
+
+    /// [`State::remember`] with the message's identity already known.
+    pub fn remember_as(&mut self, id: Identity, seq: u64, connection: u64, answered: bool) {
         self.recent.insert(
             id.slot,
             Seen {
-                seq: rec.seq,
+                seq,
                 connection,
                 content: id.content,
                 answered,
             },
         );
-        self.recent_order.push_back((id.slot, rec.seq));
+        self.recent_order.push_back((id.slot, seq));
         while self.recent_order.len() as u64 > DEDUPE_TAIL {
             let (old, seq) = self.recent_order.pop_front().expect("not empty");
             if self.recent.get(&old).is_some_and(|s| s.seq == seq) {
@@ -110,19 +115,33 @@ impl State {
     }
 
     /// Take the buffers due for a commit: every one when `all`, else those holding at least
-    /// `cell_target` bytes or older than `max_latency`.
+    /// `cell_target` bytes or older than `max_latency`, and while the rest hold more than
+    /// `memory_max` bytes together, the biggest of them (memory stays bounded at any rate).
     pub fn take_due(
         &mut self,
         all: bool,
         cell_target: usize,
         max_latency: Duration,
+        memory_max: usize,
     ) -> Vec<(Key, Vec<Record>)> {
-        let keys: Vec<Key> = self
-            .buffers
-            .iter()
-            .filter(|(_, b)| all || b.bytes >= cell_target || b.since.elapsed() >= max_latency)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut keys: Vec<Key> = Vec::new();
+        let mut rest: Vec<(usize, &Key)> = Vec::new();
+        for (k, b) in &self.buffers {
+            if all || b.bytes >= cell_target || b.since.elapsed() >= max_latency {
+                keys.push(k.clone());
+            } else {
+                rest.push((b.bytes, k));
+            }
+        }
+        let mut held: usize = rest.iter().map(|(n, _)| n).sum();
+        rest.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        for (n, k) in rest {
+            if held <= memory_max {
+                break;
+            }
+            held -= n;
+            keys.push(k.clone());
+        }
         keys.into_iter()
             .filter_map(|k| self.buffers.remove(&k).map(|b| (k, b.records)))
             .collect()
@@ -227,7 +246,7 @@ mod tests {
             route: 0,
             received_ms: 0,
             pkid: seq as u16,
-            session: String::new(),
+            session: std::sync::Arc::from(""),
             topic: topic.into(),
             payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
         }
@@ -336,10 +355,10 @@ mod tests {
         st.push(key("h.b.small"), rec(1, "t", "x"));
         st.push(key("h.b.big"), rec(2, "t", &"y".repeat(100)));
         assert!(st.buffered(|r| r.seq == 1));
-        let due = st.take_due(false, 100, Duration::from_secs(60));
+        let due = st.take_due(false, 100, Duration::from_secs(60), usize::MAX);
         assert_eq!(due.len(), 1, "only the big one");
         assert_eq!(due[0].0, key("h.b.big"));
-        let all = st.take_due(true, 100, Duration::from_secs(60));
+        let all = st.take_due(true, 100, Duration::from_secs(60), usize::MAX);
         assert_eq!(all.len(), 1);
         assert!(!st.buffered(|r| r.seq == 1));
         let before = st.backlog_bytes;
@@ -354,6 +373,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn over_the_memory_cap_the_biggest_buffers_are_due_first() {
+        let mut st = State::default();
+        st.push(key("h.b.a"), rec(1, "t", &"a".repeat(100)));
+        st.push(key("h.b.b"), rec(2, "t", &"b".repeat(300)));
+        st.push(key("h.b.c"), rec(3, "t", &"c".repeat(200)));
+        let long = Duration::from_secs(60);
+        assert!(
+            st.take_due(false, usize::MAX, long, 1000).is_empty(),
+            "under the cap"
+        );
+        let due = st.take_due(false, usize::MAX, long, 250);
+        let frames: Vec<String> = due.iter().map(|(k, _)| k.frame.to_string()).collect();
+        assert_eq!(
+            frames,
+            vec!["h.b.b", "h.b.c"],
+            "the biggest until the rest (121 bytes) is under the cap"
+        );
+        assert!(st.buffered(|r| r.seq == 1));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_buffer_is_due_when_its_oldest_record_reaches_the_latency() {
         let mut st = State::default();
@@ -361,9 +401,12 @@ mod tests {
         st.push(key("h.b.f"), rec(1, "t", "a"));
         tokio::time::advance(Duration::from_secs(3)).await;
         st.push(key("h.b.f"), rec(2, "t", "b"));
-        assert!(st.take_due(false, usize::MAX, latency).is_empty());
+        assert!(
+            st.take_due(false, usize::MAX, latency, usize::MAX)
+                .is_empty()
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
-        let due = st.take_due(false, usize::MAX, latency);
+        let due = st.take_due(false, usize::MAX, latency, usize::MAX);
         assert_eq!(due.len(), 1, "5 s after the first record, not the last");
         assert_eq!(due[0].1.len(), 2);
     }
@@ -378,10 +421,10 @@ mod tests {
         st.versions
             .insert(("h.b.other".parse().unwrap(), "r".into()), 9);
         st.push(k.clone(), rec(1, "t", "a"));
-        let (_, taken) = st.take_due(true, 0, Duration::ZERO).remove(0);
+        let (_, taken) = st.take_due(true, 0, Duration::ZERO, usize::MAX).remove(0);
         st.push(k.clone(), rec(2, "t", "b"));
         st.put_back(k.clone(), taken, &rejects);
-        let (_, again) = st.take_due(true, 0, Duration::ZERO).remove(0);
+        let (_, again) = st.take_due(true, 0, Duration::ZERO, usize::MAX).remove(0);
         let seqs: Vec<u64> = again.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2], "receive order kept");
         assert_eq!(

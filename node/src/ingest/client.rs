@@ -106,7 +106,7 @@ impl BrokerDoor {
                         let arrival = Arrival {
                             connection,
                             session: session.clone(),
-                            topic: p.topic.clone(),
+                            topic: Arc::from(p.topic.as_str()),
                             payload: p.payload.clone(),
                             pkid: p.pkid,
                             dup: p.dup,

@@ -67,7 +67,7 @@ impl Inner {
         let mut unanswered = vec![false; n];
         let mut latest: std::collections::HashMap<&str, usize> = Default::default();
         for (i, rec) in records.iter().enumerate().rev() {
-            let count = latest.entry(rec.session.as_str()).or_default();
+            let count = latest.entry(&*rec.session).or_default();
             unanswered[i] = *count < self.receive_max;
             *count += 1;
         }
@@ -130,6 +130,7 @@ impl Inner {
             all,
             self.cell_target,
             self.config.max_latency.0,
+            self.config.buffer_max.0 as usize,
         );
         for (key, records) in due {
             let started = Instant::now();

@@ -20,7 +20,7 @@ pub(super) struct Arrival {
     pub connection: u64,
     /// The publisher's client id on the embedded listener; empty from an external broker.
     pub session: Arc<str>,
-    pub topic: String,
+    pub topic: Arc<str>,
     pub payload: Bytes,
     pub pkid: u16,
     pub dup: bool,
@@ -107,7 +107,7 @@ impl Inner {
             route,
             received_ms: now_ms(),
             pkid: a.pkid,
-            session: a.session.to_string(),
+            session: a.session.clone(),
             topic: a.topic.clone(),
             payload: a.payload.clone(),
         })
@@ -139,9 +139,16 @@ impl Inner {
                 a = rx.recv() => {
                     let Some(a) = a else { break };
                     self.take(a, &mut group);
-                    if group.entries.len() >= self.config.flush_messages {
-                        self.flush(broker.as_ref(), &mut group).await;
+                    // Group commit: what came while the last group was being written goes
+                    // into this one, which is written at once. Waiting for more would only
+                    // stall publishers whose window is full until they hear their acks.
+                    while group.entries.len() < self.config.flush_messages {
+                        match rx.try_recv() {
+                            Ok(a) => self.take(a, &mut group),
+                            Err(_) => break,
+                        }
                     }
+                    self.flush(broker.as_ref(), &mut group).await;
                 }
             }
         }
@@ -165,10 +172,12 @@ impl Inner {
         } else if let Some(route) = self.route_for(&a.topic) {
             match self.record(&a, route) {
                 Some(rec) => {
-                    self.state
-                        .lock()
-                        .expect("ingest lock")
-                        .remember(&rec, a.connection, false);
+                    self.state.lock().expect("ingest lock").remember_as(
+                        id,
+                        rec.seq,
+                        a.connection,
+                        false,
+                    );
                     stored = Some((id, rec.seq));
                     group.records.push(rec);
                     Outcome::Stored

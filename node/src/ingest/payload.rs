@@ -338,7 +338,7 @@ pub fn rejects_batch(rejects: &[(&Record, String)]) -> RecordBatch {
         schema,
         vec![
             Arc::new(StringArray::from_iter_values(
-                rejects.iter().map(|(r, _)| r.topic.as_str()),
+                rejects.iter().map(|(r, _)| &*r.topic),
             )),
             Arc::new(BinaryArray::from_iter_values(
                 rejects.iter().map(|(r, _)| r.payload.as_ref()),
@@ -368,7 +368,7 @@ mod tests {
             route: 0,
             received_ms: 1_764_000_000_000,
             pkid: 1,
-            session: String::new(),
+            session: Arc::from(""),
             topic: "apiary/h/b/f".into(),
             payload: Bytes::from(payload.to_string()),
         }

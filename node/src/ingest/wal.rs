@@ -25,8 +25,10 @@ pub struct Record {
     pub pkid: u16,
     /// The publisher's client id when it published to the embedded listener (its session);
     /// empty for messages from an external broker.
-    pub session: String,
-    pub topic: String,
+    pub session: Arc<str>,
+    /// Shared with the other messages of its connection on that topic (a record is kept in
+    /// memory until its cell commits: its size is the node's memory at a high rate).
+    pub topic: Arc<str>,
     pub payload: Bytes,
 }
 
@@ -79,12 +81,12 @@ impl Record {
         let pkid = u16::from_le_bytes(take(2)?.try_into().map_err(|_| bad())?);
         let session = if with_session {
             let len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| bad())?) as usize;
-            String::from_utf8(take(len)?.to_vec()).map_err(|_| bad())?
+            Arc::from(std::str::from_utf8(take(len)?).map_err(|_| bad())?)
         } else {
-            String::new()
+            Arc::from("")
         };
         let tlen = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
-        let topic = String::from_utf8(take(tlen)?.to_vec()).map_err(|_| bad())?;
+        let topic = Arc::from(std::str::from_utf8(take(tlen)?).map_err(|_| bad())?);
         Ok(Record {
             seq,
             route,
@@ -409,8 +411,8 @@ mod tests {
         let all = wal.records().unwrap();
         assert_eq!(all.len(), 2);
         assert!(all[0].seq < all[1].seq);
-        assert_eq!(all[0].topic, "a/b");
-        assert_eq!(all[0].session, "sensor-1");
+        assert_eq!(&*all[0].topic, "a/b");
+        assert_eq!(&*all[0].session, "sensor-1");
         assert_eq!(all[0].payload.as_ref(), b"{\"x\":1}");
         assert!(
             wal.next_seq().unwrap() > b + 300,
@@ -467,7 +469,7 @@ mod tests {
         let r = &all[0];
         assert_eq!((r.seq, r.route, r.pkid), (42, 1, 9));
         assert_eq!(
-            (r.topic.as_str(), r.payload.as_ref(), r.session.as_str()),
+            (&*r.topic, r.payload.as_ref(), &*r.session),
             ("t", &b"p"[..], "")
         );
         assert_eq!(all[1], rec(43));

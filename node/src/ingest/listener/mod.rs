@@ -298,6 +298,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(door: Arc<Door>, mut io: S, pe
         aliases: HashMap::new(),
         pending: VecDeque::new(),
         wbuf,
+        last_topic: Arc::from(""),
     };
     let end = conn.run(&mut io, &mut rbuf, &kicked).await;
     let _ = write_out(&mut io, &mut conn.wbuf).await;
@@ -416,6 +417,8 @@ struct Connection {
     aliases: HashMap<u16, String>,
     pending: VecDeque<Pending>,
     wbuf: BytesMut,
+    /// the topic of the last publish
+    last_topic: Arc<str>,
 }
 
 impl Connection {
@@ -484,6 +487,15 @@ impl Connection {
                     if !self.pending.is_empty() => {
                     let p = self.pending.pop_front().expect("not empty");
                     self.answer(p, answer.unwrap_or(Outcome::Failed))?;
+                    // A group commit answers many at once: take every answer already there,
+                    // in order, so that one write carries their acks.
+                    while let Some(front) = self.pending.front_mut() {
+                        let Ok(outcome) = front.answer.try_recv() else {
+                            break;
+                        };
+                        let p = self.pending.pop_front().expect("not empty");
+                        self.answer(p, outcome)?;
+                    }
                 }
                 read = io.read_buf(rbuf), if can_read => {
                     match read {
@@ -619,7 +631,11 @@ impl Connection {
     }
 
     /// The topic of a publish, through v5 topic aliases.
-    fn topic(&mut self, topic: String, alias: Option<u16>) -> std::result::Result<String, String> {
+    fn topic(
+        &mut self,
+        topic: String,
+        alias: Option<u16>,
+    ) -> std::result::Result<Arc<str>, String> {
         let topic = match alias {
             Some(a) if a == 0 || a > ALIAS_MAX => {
                 return Err(format!("topic alias {a} out of range"));
@@ -638,7 +654,11 @@ impl Connection {
         if topic.is_empty() || topic.contains(['+', '#', '\0']) {
             return Err(format!("bad topic name {topic:?}"));
         }
-        Ok(topic)
+        // A publisher sends on a few topics: its messages share one copy of each name.
+        if *self.last_topic != *topic {
+            self.last_topic = Arc::from(topic);
+        }
+        Ok(self.last_topic.clone())
     }
 
     /// Budget for a message's bytes until the intake answers it (waits while the node holds
