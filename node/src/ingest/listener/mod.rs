@@ -654,7 +654,7 @@ impl Connection {
         if topic.is_empty() || topic.contains(['+', '#', '\0']) {
             return Err(format!("bad topic name {topic:?}"));
         }
-        // A publisher sends on a few topics: its messages share one copy of each name.
+        // Publishes in a row on one topic (a sensor's usual stream) share one copy of its name.
         if *self.last_topic != *topic {
             self.last_topic = Arc::from(topic);
         }
