@@ -116,13 +116,13 @@ impl State {
 
     /// Take the buffers due for a commit: every one when `all`, else those holding at least
     /// `cell_target` bytes or older than `max_latency`, and while the rest hold more than
-    /// `memory_max` bytes together, the biggest of them (memory stays bounded at any rate).
+    /// `buffer_max` bytes together, the biggest of them (memory stays bounded at any rate).
     pub fn take_due(
         &mut self,
         all: bool,
         cell_target: usize,
         max_latency: Duration,
-        memory_max: usize,
+        buffer_max: usize,
     ) -> Vec<(Key, Vec<Record>)> {
         let mut keys: Vec<Key> = Vec::new();
         let mut rest: Vec<(usize, &Key)> = Vec::new();
@@ -136,7 +136,7 @@ impl State {
         let mut held: usize = rest.iter().map(|(n, _)| n).sum();
         rest.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
         for (n, k) in rest {
-            if held <= memory_max {
+            if held <= buffer_max {
                 break;
             }
             held -= n;
