@@ -57,6 +57,11 @@ pub struct SwarmNode {
     pub name: String,
     /// alive, suspect or dead
     pub state: &'static str,
+    /// The apiary release it runs and the meadow format it writes.
+    pub version: String,
+    pub format_version: u32,
+    /// Why it and this node share no swarm work (another format); null when they do.
+    pub left_out: Option<String>,
     pub bees: usize,
     pub idle_bees: usize,
     /// Memory reserved in its chambers / their budgets, 0..1.
@@ -260,6 +265,9 @@ impl Apiary {
             node_id: self.node_id.clone(),
             name: self.name.clone(),
             state: "alive",
+            version: env!("CARGO_PKG_VERSION").into(),
+            format_version: crate::meadow::format_version(),
+            left_out: None,
             bees: bees.len(),
             idle_bees: bees
                 .iter()
@@ -349,6 +357,9 @@ fn swarm_status(nodes: &[NodeView]) -> SwarmStatus {
                 node_id: b.node_id.clone(),
                 name: b.name.clone(),
                 state: n.state.as_str(),
+                version: b.version.clone(),
+                format_version: b.format_version,
+                left_out: b.left_out(),
                 bees: b.bees,
                 idle_bees: b.idle_bees,
                 memory_pressure: pressure(b.memory_used, b.memory_budget),

@@ -425,3 +425,129 @@ async fn queries_shared_across_three_nodes_equal_single_node_results() {
     a.stop();
     b.stop();
 }
+
+/// A debug build writes this meadow format instead of its own: a node of the next release.
+const NEXT_FORMAT: [(&str, &str); 1] = [("APIARY_FORMAT_VERSION", "2")];
+
+/// The swarm as a node of either format reports it: node id → its entry.
+fn nodes_seen(config: &Path, env: &[(&str, &str)]) -> BTreeMap<String, serde_json::Value> {
+    let out = run(cli(config).envs(env.iter().copied()).arg("swarm"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node_id"].as_str().unwrap().to_string(), n.clone()))
+        .collect()
+}
+
+/// Nodes of meadow formats N and N+1 on one bucket (issue 19): N+1 reads what N wrote, N
+/// refuses what N+1 wrote with the reason instead of misreading it, and neither gives the
+/// other swarm work; each says why the other is left out.
+#[test]
+fn nodes_of_formats_n_and_n_plus_1_share_a_meadow_but_no_work() {
+    let meadow = common::local();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old_cli = config(d, &meadow, "old-cli", true);
+    let new_cli = config(d, &meadow, "new-cli", true);
+    let old = |args: &[&str]| run(cli(&old_cli).args(args));
+    let new = |args: &[&str]| run(cli(&new_cli).envs(NEXT_FORMAT).args(args));
+    old(&["sql", "CREATE HIVE h; CREATE BOX h.b"]);
+    // Each format writes a frame of four cells.
+    for (sql, frame) in [
+        (&old as &dyn Fn(&[&str]) -> String, "h.b.n"),
+        (&new, "h.b.n1"),
+    ] {
+        sql(&[
+            "sql",
+            &format!("CREATE FRAME {frame} (k BIGINT, v BIGINT) PARTITION BY (k)"),
+        ]);
+        sql(&[
+            "sql",
+            &format!("INSERT INTO {frame} SELECT value % 4, value FROM generate_series(1, 4000)"),
+        ]);
+    }
+    let old_node = start(d, &meadow, "old-node");
+    let new_node = Node::start_with(
+        &config(d, &meadow, "new-node", true),
+        &d.join("new-node.log"),
+        &NEXT_FORMAT,
+    );
+
+    // Each sees the other alive, with its format and why they share no work.
+    let seen_by_old = nodes_seen(&old_cli, &[]);
+    let seen_by_new = nodes_seen(&new_cli, &NEXT_FORMAT);
+    let other = &seen_by_old["new-node"];
+    assert_eq!(
+        (other["state"].as_str(), other["format_version"].as_u64()),
+        (Some("alive"), Some(2)),
+        "{seen_by_old:#?}"
+    );
+    let why = other["left_out"].as_str().unwrap();
+    assert!(
+        why.contains("format 2, newer than this node's 1") && why.contains("this node is upgraded"),
+        "{why}"
+    );
+    assert!(seen_by_old["old-node"]["left_out"].is_null());
+    let why = seen_by_new["old-node"]["left_out"].as_str().unwrap();
+    assert!(why.contains("format 1, older than this node's 2"), "{why}");
+    // The older node says so in its log too.
+    let end = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(d.join("old-node.log"))
+        .unwrap()
+        .contains("new-node (apiary")
+    {
+        assert!(
+            Instant::now() < end,
+            "the old node never said why the new one is left out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // N+1 reads N's frame; each format shares its scans with its own kind only, exactly.
+    let q = "SELECT k, sum(v) AS s, count(*) AS n FROM h.b.n GROUP BY k ORDER BY k";
+    let alone = run(cli(&config(d, &meadow, "solo", false)).args(["sql", "--format", "csv", q]));
+    assert_eq!(alone.lines().count(), 5, "{alone}");
+    for (sql, mine, theirs) in [
+        (&old as &dyn Fn(&[&str]) -> String, "old-node", "new-node"),
+        (&new, "new-node", "old-node"),
+    ] {
+        let s = shares(&sql(&["sql", "--explain-swarm", "--format", "csv", q]));
+        assert!(
+            s.contains_key(mine) && !s.contains_key(theirs),
+            "{mine}'s format only: {s:?}"
+        );
+        assert_eq!(sql(&["sql", "--format", "csv", q]), alone);
+    }
+    let done = |env: &[(&str, &str)]| nodes_seen(&old_cli, env);
+    let by_old = done(&[]);
+    assert!(by_old["old-node"]["tasks_done"].as_u64().unwrap() >= 1);
+    assert_eq!(by_old["old-node"]["tasks_failed"], 0);
+    assert_eq!(
+        nodes_seen(&new_cli, &NEXT_FORMAT)["new-node"]["tasks_failed"],
+        0
+    );
+
+    // N refuses N+1's frame with the reason; it never reads it as its own.
+    let out = cli(&old_cli)
+        .args(["sql", "SELECT count(*) FROM h.b.n1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "read a newer format: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("written by a newer apiary (format 2") && err.contains("upgrade this node"),
+        "{err}"
+    );
+    assert_eq!(
+        new(&["sql", "--format", "csv", "SELECT count(*) AS n FROM h.b.n1"]),
+        "n\n4000\n"
+    );
+    old_node.stop();
+    new_node.stop();
+}

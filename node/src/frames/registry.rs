@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::types::ColumnType;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Dir, Key};
-use crate::meadow::{FORMAT_VERSION, Meadow, encode_json};
+use crate::meadow::{Meadow, encode_json, format_version};
 use crate::names::{FrameRef, validate_name};
 
 /// Default cap on distinct partition values of one frame (guards against a partition column
@@ -131,7 +131,7 @@ impl FrameDef {
             )));
         }
         Ok(FrameDef {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             id: uuid::Uuid::new_v4().simple().to_string(),
             frame: frame.clone(),
             columns,
@@ -192,7 +192,7 @@ impl Registry {
     pub async fn create_hive(&self, name: &str) -> Result<bool> {
         validate_name("hive", name)?;
         let doc = NamespaceDoc {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             name: name.into(),
             created_at: crate::clock::utc(),
         };
@@ -203,7 +203,7 @@ impl Registry {
         validate_name("box", name)?;
         self.require_hive(hive).await?;
         let doc = NamespaceDoc {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             name: name.into(),
             created_at: crate::clock::utc(),
         };

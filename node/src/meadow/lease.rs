@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FORMAT_VERSION, Meadow, encode_json};
+use super::{Meadow, encode_json, format_version};
 use crate::clock::now_ms;
 use crate::error::{ErrorKind, Result};
 
@@ -43,15 +43,22 @@ pub async fn acquire(meadow: &Meadow, name: &str, holder: &str, ttl: Duration) -
     let now = now_ms();
     let lease = |epoch| {
         encode_json(&Lease {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             name: name.to_string(),
             holder: holder.to_string(),
             expires_ms: now + ttl.as_millis() as u64,
             epoch,
         })
     };
-    let Some(current) = meadow.get_json::<Lease>(&rel).await? else {
-        return meadow.put_if_absent(&rel, lease(1)?).await;
+    let current = match meadow.get_json::<Lease>(&rel).await {
+        Ok(Some(current)) => current,
+        Ok(None) => return meadow.put_if_absent(&rel, lease(1)?).await,
+        // A lease of another format belongs to nodes of that format: stay out of the chore.
+        Err(e) if e.kind == ErrorKind::Unsupported => {
+            tracing::debug!(lease = name, error = %e, "lease of another format");
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
     };
     if current.value.holder != holder && current.value.expires_ms > now {
         return Ok(false);

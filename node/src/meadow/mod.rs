@@ -21,8 +21,46 @@ use url::Url;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The formats Apiary writes into the meadow carry this version; readers refuse others.
+/// The version of the documents this build writes into the meadow (registry, UDF manifests,
+/// leases, heartbeats, swarm queries). The rules (docs/architecture.md, "Formats"): a build
+/// reads [`OLDEST_FORMAT`] up to its own and refuses a newer document with a clear error, never
+/// parsing it as its own; swarm work is shared only between nodes of one format.
 pub const FORMAT_VERSION: u32 = 1;
+/// The oldest format this build still reads: a release that bumps the format keeps reading the
+/// one before, so versions N and N+1 can share a meadow while a swarm upgrades.
+pub const OLDEST_FORMAT: u32 = 1;
+
+/// The format this node writes: [`FORMAT_VERSION`], or in a debug build the test override
+/// `APIARY_FORMAT_VERSION` (how the tests run a node of the next format beside this one).
+pub fn format_version() -> u32 {
+    static VERSION: OnceLock<u32> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        if cfg!(debug_assertions)
+            && let Some(v) = std::env::var("APIARY_FORMAT_VERSION")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        {
+            return v;
+        }
+        FORMAT_VERSION
+    })
+}
+
+/// Why a document of format `v` cannot be read here; `None` when it can.
+pub fn unreadable_format(v: u64) -> Option<String> {
+    let own = format_version();
+    if v > own as u64 {
+        Some(format!(
+            "written by a newer apiary (format {v}; this node reads formats {OLDEST_FORMAT} to {own}): upgrade this node"
+        ))
+    } else if v < OLDEST_FORMAT as u64 {
+        Some(format!(
+            "written by an apiary too old for this one (format {v}; this node reads formats {OLDEST_FORMAT} to {own})"
+        ))
+    } else {
+        None
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MeadowKind {
@@ -431,14 +469,15 @@ pub fn encode_json<T: Serialize>(value: &T) -> Result<Bytes> {
     Ok(Bytes::from(serde_json::to_vec_pretty(value)?))
 }
 
-/// Parse a meadow document, refusing a `format_version` this build does not know.
+/// Parse a meadow document, refusing a `format_version` this build does not read (it is
+/// never parsed as if it were one this build knows).
 pub fn decode_versioned_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let raw: serde_json::Value = serde_json::from_slice(bytes)?;
     match raw.get("format_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == FORMAT_VERSION as u64 => Ok(serde_json::from_value(raw)?),
-        Some(v) => Err(Error::unsupported(format!(
-            "format_version {v} is newer than this apiary understands ({FORMAT_VERSION}); upgrade apiary"
-        ))),
+        Some(v) => match unreadable_format(v) {
+            None => Ok(serde_json::from_value(raw)?),
+            Some(why) => Err(Error::unsupported(why)),
+        },
         None => Err(Error::invalid("document has no format_version")),
     }
 }

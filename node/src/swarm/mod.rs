@@ -23,7 +23,7 @@ use crate::config::SwarmConfig;
 use crate::error::Result;
 use crate::frames::Frames;
 use crate::layout::{self, Dir, Key};
-use crate::meadow::{FORMAT_VERSION, Meadow, MeadowKind, encode_json};
+use crate::meadow::{Meadow, MeadowKind, encode_json, format_version};
 use crate::sql::fragment::ScanSpec;
 use crate::udf::Udfs;
 
@@ -79,7 +79,7 @@ enum TaskState {
 impl StatusDoc {
     fn new(node: &str, state: TaskState) -> StatusDoc {
         StatusDoc {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             node: node.into(),
             state,
             parts: 0,
@@ -162,6 +162,8 @@ struct Inner {
     strays: Mutex<HashSet<String>>,
     /// The forager's last listing of the queries (the chore reuses it when fresh).
     listing: Mutex<Option<(std::time::Instant, Vec<String>)>>,
+    /// Queries whose tasks for this node it will not run (another format), said once each.
+    refused: Mutex<HashSet<String>>,
 }
 
 /// This node's part in the swarm. Cheap to clone.
@@ -213,6 +215,7 @@ impl Swarm {
                 loops: Mutex::new(Vec::new()),
                 strays: Mutex::new(HashSet::new()),
                 listing: Mutex::new(None),
+                refused: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -420,13 +423,17 @@ impl Swarm {
         }
         let mut strays = HashSet::new();
         for (query, paths) in by_query {
-            let manifest = i
+            let manifest = match i
                 .meadow
                 .get_json::<Manifest>(&Key::Manifest(query.clone()).to_string())
                 .await
-                .ok()
-                .flatten()
-                .map(|v| v.value);
+            {
+                Ok(m) => m.map(|v| v.value),
+                // A broken manifest is judged like a missing one.
+                Err(e) if e.kind == crate::error::ErrorKind::InvalidInput => None,
+                // Another format's query (left to its nodes), or a failed read: not now.
+                Err(_) => continue,
+            };
             let orphan = match &manifest {
                 // A coordinator without a heartbeat (a one-shot CLI) is judged by the
                 // deadline alone.

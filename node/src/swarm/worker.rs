@@ -11,9 +11,9 @@ use futures::StreamExt;
 
 use super::{Manifest, StatusDoc, Swarm, TaskDoc, TaskState};
 use crate::bees::Band;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Attempt, Dir, Key};
-use crate::meadow::encode_json;
+use crate::meadow::{encode_json, format_version};
 use crate::sql::Session;
 use crate::sql::fragment;
 
@@ -107,6 +107,10 @@ async fn look(swarm: &Swarm) -> Result<usize> {
         {
             continue;
         }
+        // Read before claiming: a query of another format is left alone, never misread.
+        let Some(manifest) = manifest_to_run(swarm, &query).await? else {
+            continue;
+        };
         let status = Key::Status {
             query: query.clone(),
             attempt,
@@ -119,7 +123,7 @@ async fn look(swarm: &Swarm) -> Result<usize> {
         started += 1;
         let me = swarm.clone();
         tokio::spawn(async move {
-            let outcome = me.run_task(&query, attempt, &task_path).await;
+            let outcome = me.run_task(&query, manifest, attempt, &task_path).await;
             let manifest = Key::Manifest(query.clone()).to_string();
             if !matches!(me.inner.meadow.get(&manifest).await, Ok(Some(_))) {
                 // The coordinator finished without us (it gave the task to another node, or
@@ -164,17 +168,52 @@ async fn look(swarm: &Swarm) -> Result<usize> {
     Ok(started)
 }
 
+/// The manifest of a query with a task for this node, if this node will run it: the query is
+/// still there and of this node's format (a coordinator of this release gives work only to
+/// its own format; this guards against any other).
+async fn manifest_to_run(swarm: &Swarm, query: &str) -> Result<Option<Manifest>> {
+    let i = &swarm.inner;
+    if i.refused.lock().expect("refused").contains(query) {
+        return Ok(None);
+    }
+    let why = match i
+        .meadow
+        .get_json::<Manifest>(&Key::Manifest(query.into()).to_string())
+        .await
+    {
+        Ok(None) => return Ok(None), // finished or abandoned
+        Ok(Some(m)) => match crate::meadow::unreadable_format(m.value.format_version as u64) {
+            None if m.value.format_version == format_version() => return Ok(Some(m.value)),
+            None => format!(
+                "its format {} is not this node's {}",
+                m.value.format_version,
+                format_version()
+            ),
+            Some(why) => why,
+        },
+        Err(e) if e.kind == ErrorKind::Unsupported => e.message,
+        Err(e) => return Err(e),
+    };
+    tracing::warn!(query, "not running a swarm task given to this node: {why}");
+    let mut refused = i.refused.lock().expect("refused");
+    if refused.len() >= 1024 {
+        refused.clear(); // said again at worst
+    }
+    refused.insert(query.into());
+    Ok(None)
+}
+
 impl Swarm {
     /// Run one claimed task: its result parts and row count.
-    async fn run_task(&self, query: &str, attempt: Attempt, task_path: &str) -> Result<(u32, u64)> {
+    async fn run_task(
+        &self,
+        query: &str,
+        manifest: Manifest,
+        attempt: Attempt,
+        task_path: &str,
+    ) -> Result<(u32, u64)> {
         let i = &self.inner;
         let missing = |what: &str| Error::not_found(format!("swarm query {query}: {what} is gone"));
-        let manifest = i
-            .meadow
-            .get_json::<Manifest>(&Key::Manifest(query.into()).to_string())
-            .await?
-            .ok_or_else(|| missing("manifest"))?
-            .value;
         let task = i
             .meadow
             .get_json::<TaskDoc>(task_path)

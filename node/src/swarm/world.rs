@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheSummary;
-use crate::error::Result;
-use crate::meadow::{FORMAT_VERSION, Meadow, decode_versioned_json};
+use crate::error::{ErrorKind, Result};
+use crate::meadow::{Meadow, decode_versioned_json, format_version};
 
 pub fn heartbeat_path(node_id: &str) -> String {
     crate::layout::Key::Heartbeat(node_id.into()).to_string()
@@ -49,7 +49,7 @@ pub struct Heartbeat {
 impl Heartbeat {
     pub fn new(node_id: &str, name: &str) -> Heartbeat {
         Heartbeat {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             node_id: node_id.into(),
             name: name.into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -67,6 +67,45 @@ impl Heartbeat {
             started_at_ms: 0,
             beat_ms: 0,
             seq: 0,
+        }
+    }
+}
+
+impl Heartbeat {
+    /// What can be trusted of a heartbeat in a format this node does not read: its format,
+    /// name, version and interval (for judging its age); it is shown, and given no work.
+    fn foreign(id: &str, bytes: &[u8]) -> Heartbeat {
+        let raw: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let text = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let mut b = Heartbeat::new(id, &text("name").unwrap_or_else(|| id.into()));
+        b.format_version = raw
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or_default() as u32;
+        b.version = text("version").unwrap_or_default();
+        b.interval_ms = raw
+            .get("interval_ms")
+            .and_then(|v| v.as_u64())
+            .unwrap_or_default();
+        b
+    }
+
+    /// Why this node and that one share no swarm work (`None` when they do): work is shared
+    /// only between nodes of one format, so neither reads the other's plans and results.
+    pub fn left_out(&self) -> Option<String> {
+        let own = format_version();
+        let v = self.format_version;
+        let (node, version) = (&self.node_id, &self.version);
+        match v.cmp(&own) {
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => Some(format!(
+                "node {node} (apiary {version}) writes meadow format {v}, newer than this node's {own}: \
+                 they share no swarm work until this node is upgraded"
+            )),
+            std::cmp::Ordering::Less => Some(format!(
+                "node {node} (apiary {version}) writes meadow format {v}, older than this node's {own}: \
+                 they share no swarm work until that node is upgraded"
+            )),
         }
     }
 }
@@ -174,6 +213,7 @@ impl World {
             };
             let beat: Heartbeat = match decode_versioned_json(&doc.value) {
                 Ok(b) => b,
+                Err(e) if e.kind == ErrorKind::Unsupported => Heartbeat::foreign(id, &doc.value),
                 Err(e) => {
                     tracing::warn!(node = id, error = %e, "unreadable heartbeat skipped");
                     continue;
@@ -185,6 +225,9 @@ impl World {
                     s.read_tag = e_tag;
                 }
                 None => {
+                    if let Some(why) = beat.left_out() {
+                        tracing::warn!(node = id, "{why}");
+                    }
                     self.seen.insert(
                         id.to_string(),
                         Seen {

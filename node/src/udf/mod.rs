@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::meadow::{FORMAT_VERSION, Meadow};
+use crate::meadow::{Meadow, format_version};
 use columns::{parse_type, type_name};
 use host::Runtime;
 
@@ -130,7 +130,7 @@ impl Udfs {
             )));
         }
         let manifest = UdfManifest {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             name: name.clone(),
             args: signature
                 .args

@@ -209,6 +209,11 @@ pub struct Node {
 impl Node {
     /// Start `apiary node` with this config body and wait until it says it is ready.
     pub fn start(config: &Path, log: &Path) -> Node {
+        Node::start_with(config, log, &[])
+    }
+
+    /// Started with these environment variables added.
+    pub fn start_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Node {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -219,6 +224,7 @@ impl Node {
             .arg(config)
             .arg("node")
             .env_remove("APIARY_STORAGE")
+            .envs(env.iter().copied())
             .env(
                 "APIARY_LOG",
                 std::env::var("APIARY_TEST_NODE_LOG").unwrap_or_else(|_| "warn,apiary=info".into()),

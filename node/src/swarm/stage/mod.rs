@@ -32,7 +32,7 @@ use super::{Manifest, StatusDoc, Swarm, TaskDoc, TaskState, delete_all, now_ms};
 use crate::error::{Error, Result};
 use crate::frames::Cell;
 use crate::layout::{Attempt, Dir, Key};
-use crate::meadow::{FORMAT_VERSION, encode_json};
+use crate::meadow::{encode_json, format_version};
 use crate::sql::fragment::{self, ScanSpec, Stage};
 
 /// Replace the plan's big stages by swarm stages when other nodes can take a share.
@@ -150,11 +150,11 @@ pub struct Candidate {
     pub cached: HashSet<String>,
 }
 
-/// Alive nodes that accept tasks (not hot); this node always.
+/// Alive nodes of this node's format that accept tasks (not hot); this node always.
 pub fn candidates(nodes: &[NodeView], me: &str) -> Vec<Candidate> {
     nodes
         .iter()
-        .filter(|n| n.state == NodeState::Alive)
+        .filter(|n| n.state == NodeState::Alive && n.beat.left_out().is_none())
         .filter_map(|n| {
             let b = &n.beat;
             let local = b.node_id == me;
@@ -469,7 +469,7 @@ impl Run {
         let i = &self.swarm.inner;
         let deadline = i.task_timeout * (i.config.task_trials + 1);
         let manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             query_id: self.query_id.clone(),
             coordinator: i.node_id.clone(),
             created_ms: now_ms(),
@@ -499,7 +499,7 @@ impl Run {
 
     async fn post(&self, n: u32, attempt: u32, node: &str, cells: &[Cell]) -> Result<()> {
         let doc = TaskDoc {
-            format_version: FORMAT_VERSION,
+            format_version: format_version(),
             task: n,
             attempt,
             node: node.into(),
