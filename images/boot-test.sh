@@ -9,8 +9,10 @@
 #      the host land in a frame, and SQL over them answers both from the host (another node
 #      on the bucket) and through the guest's HTTP API with the token the first boot wrote
 #      to the boot partition; over SSH the settings are in place and the node is the
-#      installed apiary package; after power-off the heartbeat is gone and the root
-#      partition has grown;
+#      installed apiary package; a release published on the host (signed, into the bucket)
+#      is installed by the guest, whose heartbeat then carries its version, and a broken one
+#      (its binary exits at start) is rolled back by itself while the node keeps ingesting;
+#      after power-off the heartbeat is gone and the root partition has grown;
 #   3. the image's own apiary.toml: the node's MQTT listener on 0.0.0.0:1883 refuses anonymous
 #      publishers and takes the device credential the first boot wrote to the boot partition,
 #      and mqtts on 8883 serves the certificate whose fingerprint is written there; the
@@ -28,7 +30,7 @@ host_bin="${APIARY_BIN:-$CARGO_TARGET_DIR/debug/apiary}"
 boot_timeout="${APIARY_BOOT_TIMEOUT:-900}"   # seconds; emulated, on a busy 2-core builder
 [ -f "$img" ] || { echo "no image at $img: run images/build.sh" >&2; exit 2; }
 [ -x "$host_bin" ] || cargo build -q -p apiary --bin apiary
-need_commands qemu-system-aarch64:qemu-system-arm
+need_commands qemu-system-aarch64:qemu-system-arm dpkg-deb:dpkg
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/apiary-boot-test.XXXXXX")
 qemu_pid=
@@ -160,6 +162,9 @@ rm -f "$work/bad.img"
 echo "== boot 2: an S3 meadow, an external broker, a route and a host name"
 prefix="boot-test-$(date +%s)-$$"
 ssh-keygen -q -t ed25519 -N "" -C boot-test -f "$work/id_boot_test"
+# The release signing key stays here; the board trusts its public half.
+release_key=$("$host_bin" release keygen "$work/release.key" | sed -n 's/^trusted_keys = \["\(.*\)"\]$/\1/p')
+[ -n "$release_key" ] || fail "apiary release keygen printed no public key"
 cat > "$work/good.toml" <<EOF
 [device]
 hostname = "hive-boot-test"
@@ -194,6 +199,12 @@ heartbeat_interval = "2s"
 
 [http]
 listen = "0.0.0.0:8080"
+
+[update]
+channel = "stable"
+trusted_keys = ["$release_key"]
+check_interval = "3s"
+ready_timeout = "60s"
 EOF
 prepare "$work/good.img" "$work/good.toml"
 root_sectors() { sfdisk -d "$1" | awk -F'size= *' '/img2/ {split($2, a, ","); print a[1]}'; }
@@ -248,6 +259,53 @@ grep -qx 'country=GB' <<<"$wpa" && grep -q 'ssid="Bee Net"' <<<"$wpa" \
 journal=$(on_board "journalctl -u apiary.service -o json 'MESSAGE=apiary node ready'")
 grep -q 'NODE_ID"' <<<"$journal" || fail "no structured 'apiary node ready' entry in the journal: $journal"
 echo "on the board: node active, host name, Wi-Fi (hashed key), SSH key, journal fields: ok"
+
+# Updates through the bucket: the installed package repackaged as the next version (a good
+# release), then as the one after with a binary that exits at start (a broken one).
+installed=$(on_board "dpkg-query -W -f='\${Version}' apiary")
+on_board cat "/var/lib/apiary-update/apiary_${installed}_arm64.deb" > "$work/installed.deb" \
+  || fail "the board keeps no package of the installed version to go back to"
+repack() { # repack <version> [broken]: prints the package's path
+  local dir="$work/repack-$1"
+  dpkg-deb -R "$work/installed.deb" "$dir"
+  sed -i "s/^Version: .*/Version: $1/" "$dir/DEBIAN/control"
+  echo "$1" > "$dir/usr/lib/apiary/version"
+  [ "${2:-}" != broken ] || printf '#!/bin/sh\necho "a broken release" >&2\nexit 1\n' > "$dir/usr/bin/apiary"
+  dpkg-deb --root-owner-group -Zxz -z1 --build "$dir" "$work/apiary_$1_arm64.deb" >/dev/null
+  rm -rf "$dir"
+  echo "$work/apiary_$1_arm64.deb"
+}
+guest_version() { # the version in the guest's heartbeat while it is alive
+  host swarm | python3 -c 'import json, sys
+print(next((n["version"] for n in json.load(sys.stdin)["nodes"] if n["name"] == "hive-boot-test" and n["state"] == "alive"), ""))'
+}
+beats_as() { [ "$(guest_version)" = "$1" ]; }
+helper_says() { on_board cat /var/lib/apiary-update/state.json | grep -qF "$1"; }
+beats_as "$installed" || fail "the heartbeat does not carry the package's version $installed: $(guest_version)"
+next="$installed.1"
+host release publish "$(repack "$next")" --key "$work/release.key" --channel stable
+start=$SECONDS
+until_ok 600 "the guest's heartbeat on release $next" beats_as "$next"
+[ "$(on_board "dpkg-query -W -f='\${Version}' apiary")" = "$next" ] || fail "dpkg does not have $next installed"
+until_ok 120 "the update helper's record of $next" helper_says "installed $next"
+echo "release $next published on the host: installed by the guest, heartbeat on it after $((SECONDS - start)) s"
+broken="$installed.2"
+host release publish "$(repack "$broken" broken)" --key "$work/release.key" --channel stable
+start=$SECONDS
+until_ok 600 "the rollback of the broken release $broken" helper_says "rolled $broken back to $next"
+until_ok 300 "the guest's heartbeat on $next again" beats_as "$next"
+[ "$(on_board "dpkg-query -W -f='\${Version}' apiary")" = "$next" ] || fail "dpkg does not have $next back"
+update_state() { "$host_bin" --remote "http://127.0.0.1:$http_port" --token "$token" status \
+  | python3 -c 'import json, sys; print((json.load(sys.stdin).get("update") or {}).get("state", ""))'; }
+says_rolled_back() { update_state | grep -qF "$broken was rolled back here"; }
+until_ok 120 "the node's status on the rolled-back release" says_rolled_back
+for i in 6 7 8 9 10; do
+  mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t "boottest/sensor-$((i % 2))/climate" \
+    -m "{\"temp\": $((20 + i)).5, \"humidity\": $((40 + i))}"
+done
+landed_ten() { [ "$(host sql --format csv 'SELECT count(*) AS n FROM lab.sensors.climate' | tail -1)" = 10 ]; }
+until_ok 300 "5 more MQTT messages after the rollback" landed_ten
+echo "broken release $broken rolled back to $next in $((SECONDS - start)) s; the node kept ingesting"
 shutdown
 # A clean power-off stops the node through systemd (SIGTERM), and a stopping node takes its
 # heartbeat out of the bucket.

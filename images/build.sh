@@ -85,10 +85,13 @@ deb=$("$REPO/packaging/deb/build.sh" arm64 "$bin" "$work/deb")
 cp "$deb" "$root/tmp/apiary.deb"
 chroot "$root" dpkg -i /tmp/apiary.deb >/dev/null
 rm "$root/tmp/apiary.deb"
+# The package kept for the update helper to go back to (docs/updates.md).
+install -d -m 0755 "$root/var/lib/apiary-update"
+cp "$deb" "$root/var/lib/apiary-update/"
 echo apiary > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tapiary\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 : > "$root/etc/machine-id"   # made on first boot, so each board has its own
-systemctl --root="$root" enable apiary.service apiary-boot.service systemd-networkd.service \
+systemctl --root="$root" enable apiary.service apiary-update.path apiary-boot.service systemd-networkd.service \
   systemd-resolved.service systemd-timesyncd.service ssh.service >/dev/null 2>&1
 # wpa_supplicant@wlan0 serves the configured Wi-Fi; the D-Bus instance would only sit in memory.
 systemctl --root="$root" disable wpa_supplicant.service >/dev/null 2>&1

@@ -95,7 +95,7 @@ for p in apiary linux-image-arm64 raspi-firmware firmware-brcm80211 systemd syst
     python3 -c "import sys; t=open(sys.argv[1]).read(); sys.exit(0 if '\nPackage: $p\nStatus: install ok installed' in '\n'+t else 1)" "$work/status"
 done
 for t in multi-user sysinit; do dbg "ls /etc/systemd/system/$t.target.wants"; done > "$work/wants"
-for u in apiary.service apiary-boot.service systemd-networkd.service ssh.service systemd-timesyncd.service; do
+for u in apiary.service apiary-update.path apiary-boot.service systemd-networkd.service ssh.service systemd-timesyncd.service; do
   check "root: $u enabled" grep -qF "$u" "$work/wants"
 done
 dbg "cat /usr/lib/systemd/system/apiary.service" > "$work/unit"
@@ -108,12 +108,15 @@ check "fstab: root and boot by label" sh -c "grep -q '^LABEL=apiary-root' '$work
 dbg "ls /etc/ssh" > "$work/etc-ssh"
 check "root: no SSH host keys (made at first boot)" \
   sh -c "grep -q sshd_config '$work/etc-ssh' && ! grep -q ssh_host_ '$work/etc-ssh'"
-for f in /usr/lib/apiary/apiary-boot /usr/lib/sysusers.d/apiary.conf \
+for f in /usr/lib/apiary/apiary-boot /usr/lib/apiary/apiary-update /usr/lib/sysusers.d/apiary.conf \
          /etc/systemd/system/apiary.service.d/boot-config.conf /etc/systemd/network/20-wired.network \
          /usr/bin/growpart /usr/sbin/sfdisk /usr/sbin/resize2fs /usr/bin/findmnt /usr/bin/ssh-keygen \
          /usr/bin/wpa_passphrase; do
   check "root: $f" sh -c "debugfs -R 'stat $f' '$rootfs' 2>/dev/null | grep -q 'Type: regular'"
 done
+installed=$(python3 -c "import re, sys; t=open(sys.argv[1]).read(); print(re.search(r'\nPackage: apiary\n(?:.+\n)*?Version: (.+)', '\n'+t).group(1))" "$work/status")
+check "root: the update helper keeps the installed package to go back to" \
+  sh -c "debugfs -R 'stat /var/lib/apiary-update/apiary_${installed}_arm64.deb' '$rootfs' 2>/dev/null | grep -q 'Type: regular'"
 dbg "cat /etc/passwd" > "$work/passwd"
 check "root: the apiary user (made by the package)" has "$work/passwd" '^apiary:'
 dbg "stat /etc/machine-id" > "$work/machine-id"

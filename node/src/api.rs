@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::frames::{Frames, WriteCtx, WriteMode, WriteReport};
 use crate::meadow::Meadow;
 use crate::names::FrameRef;
+use crate::release::follow::UpdateStatus;
 use crate::sql::{Distribute, QueryResult, Session};
 use crate::swarm::Swarm;
 use crate::swarm::world::NodeView;
@@ -32,6 +33,8 @@ pub struct Apiary {
     started_at: SystemTime,
     cache: Option<std::sync::Arc<crate::cache::CellCache>>,
     swarm: Option<Swarm>,
+    /// Kept by the release follower of a running node.
+    update: std::sync::Arc<std::sync::Mutex<Option<UpdateStatus>>>,
 }
 
 /// The figures `apiary status` (and Python's `status()`) report.
@@ -39,6 +42,7 @@ pub struct Apiary {
 pub struct Status {
     pub name: String,
     pub node_id: String,
+    /// The release it runs (the package's version when installed from it).
     pub version: &'static str,
     pub cores: usize,
     pub memory_gb: f64,
@@ -48,6 +52,8 @@ pub struct Status {
     pub memory_per_bee_mb: u64,
     pub target_cell_size_mb: u64,
     pub state: &'static str,
+    /// Following a release channel: what was found or done last.
+    pub update: Option<UpdateStatus>,
 }
 
 /// One node as the swarm sees it.
@@ -158,7 +164,13 @@ impl Apiary {
             started_at: crate::clock::now(),
             cache,
             swarm,
+            update: Default::default(),
         })
+    }
+
+    /// Where a running node's release follower says what it did last.
+    pub fn update_status(&self) -> std::sync::Arc<std::sync::Mutex<Option<UpdateStatus>>> {
+        self.update.clone()
     }
 
     pub fn swarm(&self) -> Option<&Swarm> {
@@ -265,7 +277,7 @@ impl Apiary {
             node_id: self.node_id.clone(),
             name: self.name.clone(),
             state: "alive",
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: crate::release::running_version().into(),
             format_version: crate::meadow::format_version(),
             left_out: None,
             bees: bees.len(),
@@ -326,7 +338,7 @@ impl Apiary {
         Status {
             name: self.name.clone(),
             node_id: self.node_id.clone(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::release::running_version(),
             cores: r.cores,
             memory_gb: (r.memory_bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0,
             bees: r.bees,
@@ -335,6 +347,7 @@ impl Apiary {
             memory_per_bee_mb: r.memory_per_bee / MIB,
             target_cell_size_mb: r.target_cell_size() / MIB,
             state: "running",
+            update: self.update.lock().expect("update status").clone(),
         }
     }
 }

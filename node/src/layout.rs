@@ -10,6 +10,8 @@
 //! _apiary/udfs/<name>.json, <sha256>.wasm          a UDF's manifest and module
 //! _apiary/leases/<name>.json                       a swarm-wide chore's lease
 //! _apiary/probe/<id>                               the conditional-write probe
+//! _apiary/releases/<channel>/<arch>.json           a channel's signed release for an architecture
+//! _apiary/releases/<channel>/<sha256>.deb          a released package, by its hash
 //! _apiary/swarm/nodes/<node>.json                  a node's heartbeat
 //! _apiary/swarm/queries/<q>/manifest.json          a shared stage: its scan and deadline
 //! _apiary/swarm/queries/<q>/stage.bin              the plan fragment workers run
@@ -52,6 +54,16 @@ pub enum Key {
     UdfModule(String),
     Lease(String),
     Probe(String),
+    /// The signed release of `channel` for a Debian architecture (`arm64`, `amd64`).
+    Release {
+        channel: String,
+        arch: String,
+    },
+    /// A released package by the hex sha256 of its bytes.
+    ReleasePackage {
+        channel: String,
+        sha256: String,
+    },
     Heartbeat(String),
     Manifest(String),
     Stage(String),
@@ -122,6 +134,10 @@ impl fmt::Display for Key {
             Key::UdfModule(sha) => write!(f, "{}/{sha}.wasm", Dir::Udfs),
             Key::Lease(n) => write!(f, "{ROOT}/leases/{n}.json"),
             Key::Probe(id) => write!(f, "{ROOT}/probe/{id}"),
+            Key::Release { channel, arch } => write!(f, "{ROOT}/releases/{channel}/{arch}.json"),
+            Key::ReleasePackage { channel, sha256 } => {
+                write!(f, "{ROOT}/releases/{channel}/{sha256}.deb")
+            }
             Key::Heartbeat(n) => write!(f, "{}/{n}.json", Dir::Nodes),
             Key::Manifest(query) => write!(f, "{}/manifest.json", q(query)),
             Key::Stage(query) => write!(f, "{}/stage.bin", q(query)),
@@ -172,6 +188,17 @@ impl Key {
             },
             ["leases", l] => Key::Lease(json(l)?),
             ["probe", id] => Key::Probe(name(id)?),
+            ["releases", c, file] => match file.strip_suffix(".deb") {
+                Some(sha) if is_sha256(sha) => Key::ReleasePackage {
+                    channel: name(c)?,
+                    sha256: sha.into(),
+                },
+                Some(_) => return None,
+                None => Key::Release {
+                    channel: name(c)?,
+                    arch: json(file)?,
+                },
+            },
             ["swarm", "nodes", n] => Key::Heartbeat(json(n)?),
             ["swarm", "queries", q, rest @ ..] => {
                 let query = name(q)?;
@@ -234,7 +261,17 @@ fn parse_task(file: &str) -> Option<(Attempt, String)> {
     Some((attempt, node.to_string()))
 }
 
-fn is_sha256(s: &str) -> bool {
+/// The hex sha256 of `bytes`: the name content-addressed objects go by.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn is_sha256(s: &str) -> bool {
     s.len() == 64
         && s.chars()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
@@ -278,6 +315,9 @@ mod tests {
             "[0-9a-f]{64}".prop_map(Key::UdfModule),
             name().prop_map(Key::Lease),
             name().prop_map(Key::Probe),
+            (name(), name()).prop_map(|(channel, arch)| Key::Release { channel, arch }),
+            (name(), "[0-9a-f]{64}")
+                .prop_map(|(channel, sha256)| Key::ReleasePackage { channel, sha256 }),
             name().prop_map(Key::Heartbeat),
             name().prop_map(Key::Manifest),
             name().prop_map(Key::Stage),

@@ -18,6 +18,7 @@ pub mod meadow;
 pub mod names;
 pub mod node;
 pub mod output;
+pub mod release;
 pub mod remote;
 pub(crate) mod secret;
 pub mod service;

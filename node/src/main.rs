@@ -18,6 +18,9 @@ use apiary::sql::{QueryResult, Session};
 use apiary::{Apiary, output, telemetry};
 
 mod allocator;
+mod local;
+
+use local::LocalCmd;
 
 #[derive(Parser)]
 #[command(
@@ -104,31 +107,8 @@ enum Command {
     /// MQTT ingestion of the node running with this state dir
     #[command(subcommand)]
     Ingest(IngestCmd),
-    /// The config file (--config, APIARY_CONFIG or /etc/apiary/apiary.toml)
-    #[command(subcommand)]
-    Config(ConfigCmd),
-    /// Credentials of the embedded MQTT listener
-    #[command(subcommand)]
-    Mqtt(MqttCmd),
-}
-
-#[derive(Subcommand)]
-enum MqttCmd {
-    /// Hash a password (the first line on standard input) for an [[mqtt.users]] entry and
-    /// print the entry
-    Passwd { name: String },
-    /// Print the device credential (user and password) and, with mqtt.tls_listen, the TLS
-    /// certificate's SHA-256 fingerprint; both are made in the state dir if missing
-    Credentials,
-}
-
-#[derive(Subcommand)]
-enum ConfigCmd {
-    /// Check it (with the APIARY_* environment): exit 0 and say which file, or say what is wrong
-    Check,
-    /// Print the value at a dotted key as written in the file (a string as is, an array a
-    /// line an item; nothing when unset), e.g. device.wifi.ssid
-    Get { key: String },
+    #[command(flatten)]
+    Local(LocalCmd),
 }
 
 #[derive(Subcommand)]
@@ -212,7 +192,7 @@ fn main() -> ExitCode {
     let work = async {
         match &cli.remote {
             // The config file is this machine's, remote or not.
-            Some(url) if !matches!(cli.command, Command::Config(_) | Command::Mqtt(_)) => {
+            Some(url) if !matches!(cli.command, Command::Local(_)) => {
                 run_remote(cli.command, url, cli.token.as_deref(), &config).await
             }
             _ => run(cli.command, config, cli.config).await,
@@ -258,55 +238,8 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
         // Read what the running node wrote; this process does not open the meadow.
         return print_json(&apiary::ingest::read_status(&config.node.state_dir)?);
     }
-    if let Command::Mqtt(cmd) = command {
-        return match cmd {
-            MqttCmd::Passwd { name } => {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                let password = line.trim_end_matches(['\r', '\n']);
-                if password.is_empty() {
-                    return Err(Error::invalid(
-                        "no password: write it as the first line on standard input",
-                    ));
-                }
-                let hash = apiary::ingest::hash_password(password)?;
-                println!(
-                    "[[mqtt.users]]\nname = {name:?}\npassword_hash = {hash:?}\npublish = [\"#\"]"
-                );
-                Ok(())
-            }
-            MqttCmd::Credentials => {
-                let c = apiary::ingest::device_credentials(&config)?;
-                println!("user = {:?}\npassword = {:?}", c.user, c.password);
-                if let Some(fp) = c.tls_sha256 {
-                    println!("mqtts_sha256 = {fp:?}");
-                }
-                Ok(())
-            }
-        };
-    }
-    if let Command::Config(cmd) = command {
-        // `main` has loaded and checked the config already; nothing here opens the meadow.
-        let file = Config::file(config_path.as_deref());
-        return match cmd {
-            ConfigCmd::Check => {
-                match file {
-                    Some(f) => println!("{}: ok", f.display()),
-                    None => println!("no config file: defaults (and APIARY_* variables) ok"),
-                }
-                Ok(())
-            }
-            ConfigCmd::Get { key } => {
-                if let Some(v) = file
-                    .map(|f| Config::lookup_file(&f, &key))
-                    .transpose()?
-                    .flatten()
-                {
-                    println!("{v}");
-                }
-                Ok(())
-            }
-        };
+    if let Command::Local(cmd) = command {
+        return local::run(cmd, config, config_path).await;
     }
     let apiary = Apiary::open(config).await?;
     let registry = apiary.frames().registry();
@@ -388,7 +321,7 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
         Command::Bees => print_json(&apiary.bee_status()),
         Command::Colony => print_json(&apiary.colony_status()),
         Command::Swarm => print_json(&apiary.swarm_status().await?),
-        Command::Ingest(IngestCmd::Status) | Command::Config(_) | Command::Mqtt(_) => {
+        Command::Ingest(IngestCmd::Status) | Command::Local(_) => {
             unreachable!("handled before opening the meadow")
         }
     }
@@ -489,6 +422,12 @@ async fn run_node(apiary: Apiary) -> Result<()> {
         "apiary node ready"
     );
     apiary::service::ready(&format!("serving; node {}", status.node_id));
+    let config = node.apiary().config();
+    if config.update.channel.is_some()
+        && let Err(e) = apiary::release::follow::ready(&config.node.state_dir)
+    {
+        tracing::warn!(error = %e, "cannot tell the update helper this version is ready");
+    }
     let watchdog = apiary::service::watchdog();
     tokio::select! {
         _ = int.recv() => tracing::info!("SIGINT: stopping"),

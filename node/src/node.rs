@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::Apiary;
 use crate::config::Config;
@@ -21,6 +22,8 @@ pub struct Services {
     pub http: bool,
     /// Heartbeats, swarm tasks and the clean-up chore.
     pub swarm: bool,
+    /// Following a release channel (`[update]`).
+    pub update: bool,
 }
 
 impl Services {
@@ -30,6 +33,7 @@ impl Services {
             ingest: config.ingest.enabled,
             http: config.http.enabled,
             swarm: config.swarm.enabled,
+            update: config.update.channel.is_some(),
         }
     }
 
@@ -39,6 +43,7 @@ impl Services {
             ingest: false,
             http: false,
             swarm: config.swarm.enabled,
+            update: false,
         }
     }
 }
@@ -55,6 +60,7 @@ struct Running {
     ingest: Option<Ingest>,
     http: Option<Server>,
     swarm: bool,
+    update: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Node {
@@ -98,6 +104,17 @@ impl Node {
             s.start().await?;
             self.running().swarm = true;
         }
+        if services.update {
+            let follower = crate::release::follow::Follower {
+                meadow: ap.meadow().clone(),
+                config: ap.config().update.clone(),
+                node_id: ap.node_id().to_string(),
+                state_dir: ap.config().node.state_dir.clone(),
+                status: ap.update_status(),
+            };
+            let cancel = CancellationToken::new();
+            self.running().update = follower.spawn(cancel.clone()).map(|h| (cancel, h));
+        }
         Ok(())
     }
 
@@ -124,7 +141,13 @@ impl Node {
             ingest,
             http,
             swarm,
+            update,
         } = std::mem::take(&mut *self.running());
+        if let Some((cancel, follower)) = update {
+            // A download cut short is started again at the next start.
+            cancel.cancel();
+            let _ = tokio::time::timeout_at(deadline, follower).await;
+        }
         if let Some(http) = http {
             http.shutdown(deadline).await;
         }

@@ -532,3 +532,40 @@ fn shell_reads_statements_across_lines_and_quits() {
     assert!(!stdout.contains("after quit"), "\\q quits");
     assert!(stderr.contains("syntax error"), "{stderr}");
 }
+
+#[test]
+fn release_commands_say_what_is_wrong() {
+    let m = common::local();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("release.key");
+    let key = key.to_str().unwrap();
+    let printed = ok(&m, &["release", "keygen", key]);
+    assert!(
+        printed.contains("[update]\nchannel = \"stable\"\ntrusted_keys = [\""),
+        "{printed}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the signing key is private");
+    assert!(fails(&m, &["release", "keygen", key]).contains("never overwritten"));
+    let missing = dir.path().join("nope.deb");
+    let e = fails(
+        &m,
+        &[
+            "release",
+            "publish",
+            missing.to_str().unwrap(),
+            "--key",
+            key,
+        ],
+    );
+    assert!(e.contains("is not a Debian package"), "{e}");
+    let e = fails(&m, &["release", "publish", key, "--key", "/no/such/key"]);
+    assert!(e.contains("cannot read signing key /no/such/key"), "{e}");
+    // Nothing a node follows was written.
+    assert!(
+        !std::path::Path::new(&m.uri)
+            .join("_apiary/releases")
+            .exists()
+    );
+}

@@ -2,7 +2,7 @@
 # Build the node's Debian package from a built binary:
 #   packaging/deb/build.sh <arm64|amd64> <binary> <out dir>     -> prints the .deb's path
 # What it holds: /usr/bin/apiary, the systemd unit (the one the image and the Yocto layer
-# use), the sysusers entry, the config template (/usr/share/apiary/apiary.toml, copied to
+# use), the update helper (apiary-update.path/.service, docs/updates.md), the sysusers entry, the config template (/usr/share/apiary/apiary.toml, copied to
 # /etc/apiary/apiary.toml once by postinst and never replaced) and maintainer scripts that
 # never delete data. The version is the workspace's plus the commit count and hash, so every
 # commit's package sorts after the one before it.
@@ -20,9 +20,13 @@ trap 'rm -rf "$pkg"' EXIT
 install -D -m 0755 "$bin" "$pkg/usr/bin/apiary"
 install -D -m 0644 "$REPO/yocto/meta-apiary/recipes-apiary/apiary/files/apiary.service" \
   "$pkg/usr/lib/systemd/system/apiary.service"
+install -D -m 0644 "$here/apiary-update.service" "$here/apiary-update.path" -t "$pkg/usr/lib/systemd/system/"
+install -D -m 0755 "$here/apiary-update" "$pkg/usr/lib/apiary/apiary-update"
+echo "$version" > "$pkg/usr/lib/apiary/version"   # the node reports it (release::running_version)
 install -D -m 0644 "$here/apiary.sysusers" "$pkg/usr/lib/sysusers.d/apiary.conf"
 install -D -m 0644 "$here/apiary.toml" "$pkg/usr/share/apiary/apiary.toml"
 install -D -m 0644 "$REPO/LICENSE" "$pkg/usr/share/doc/apiary/copyright"
+install -D -m 0644 "$REPO/docs/updates.md" "$pkg/usr/share/doc/apiary/updates.md"
 install -d "$pkg/DEBIAN"
 install -m 0755 "$here/postinst" "$here/prerm" "$here/postrm" "$pkg/DEBIAN/"
 cat > "$pkg/DEBIAN/control" <<CONTROL

@@ -50,6 +50,17 @@ in_root getent passwd apiary | grep -q ':/var/lib/apiary:' || fail "no apiary us
 [ "$(in_root stat -c '%a %U %G' /etc/apiary/apiary.toml)" = "640 root apiary" ] \
   || fail "/etc/apiary/apiary.toml is not 0640 root:apiary"
 [ "$(in_root systemctl is-enabled apiary.service)" = enabled ] || fail "apiary.service is not enabled"
+[ "$(in_root systemctl is-enabled apiary-update.path)" = enabled ] || fail "apiary-update.path is not enabled"
+[ -x "$root/usr/lib/apiary/apiary-update" ] || fail "no update helper"
+[ "$(cat "$root/usr/lib/apiary/version")" = "$(in_root dpkg-query -W -f='${Version}' apiary)" ] \
+  || fail "/usr/lib/apiary/version is not the package's version"
+# The packaged binary reports the package's version (what heartbeats carry); it finds itself
+# through /proc.
+mount -t proc proc "$root/proc"
+trap 'umount "$root/proc" 2>/dev/null; rm -rf "$work"' EXIT
+in_root apiary --storage memory:// --state-dir /tmp/s status | grep -qF "\"version\": \"$(cat "$root/usr/lib/apiary/version")\"" \
+  || fail "apiary status does not report the package's version"
+umount "$root/proc"
 for key in mqtt.listen mqtt.tls_listen http.listen; do  # unset: the defaults, on loopback
   [ -z "$(in_root apiary --config /etc/apiary/apiary.toml config get $key)" ] \
     || fail "the installed config sets $key: it should listen on loopback only"
@@ -66,7 +77,8 @@ echo reading > "$root/var/lib/apiary/meadow/keep"
 in_root dpkg -r apiary >/dev/null || fail "dpkg -r failed"
 [ ! -e "$root/usr/bin/apiary" ] || fail "/usr/bin/apiary left after dpkg -r"
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/apiary.service" ] \
-  || fail "apiary.service still enabled after dpkg -r"
+  && [ ! -e "$root/etc/systemd/system/multi-user.target.wants/apiary-update.path" ] \
+  || fail "apiary.service or apiary-update.path still enabled after dpkg -r"
 [ -e "$root/etc/apiary/apiary.toml" ] || fail "dpkg -r removed the config (only purge should)"
 in_root dpkg -P apiary >/dev/null || fail "dpkg -P failed"
 [ ! -e "$root/etc/apiary/apiary.toml" ] || fail "dpkg -P left the config"

@@ -5,6 +5,7 @@
 
 mod device;
 mod units;
+mod update;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::device::{DeviceConfig, WifiConfig};
 pub use self::units::{ByteSize, Period};
+pub use self::update::{UpdateConfig, public_key};
 use crate::error::{Error, Result};
 
 /// Where a config file is looked for when neither `--config` nor `APIARY_CONFIG` names one.
@@ -91,6 +93,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub device: DeviceConfig,
+    pub update: UpdateConfig,
 }
 
 fn secs(s: u64) -> Period {
@@ -448,6 +451,7 @@ impl Config {
             CacheConfig::KEYS,
             LogConfig::KEYS,
             DeviceConfig::KEYS,
+            UpdateConfig::KEYS,
         ]
         .into_iter()
         .flatten()
@@ -613,6 +617,7 @@ impl Config {
             ));
         }
         self.device.validate()?;
+        self.update.validate()?;
         self.colony.validate()
     }
 

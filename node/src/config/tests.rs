@@ -247,3 +247,31 @@ fn bad_swarm_settings_are_refused() {
     );
     ok.unwrap().validate().unwrap();
 }
+
+#[test]
+fn update_settings_are_checked() {
+    let key = "MCowBQYDK2VwAyEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"; // not 32 bytes
+    let good = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let c = Config::from_toml(&format!(
+        "[update]\nchannel = \"stable\"\ntrusted_keys = [\"{good}\"]\ncheck_interval = \"10m\""
+    ))
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.update.ready_timeout.0.as_secs(), 300, "the default");
+    Config::default().validate().unwrap();
+    assert!(Config::default().update.channel.is_none(), "off by default");
+    let bad = refusal;
+    assert!(bad("[update]\nchannel = \"stable\"").contains("trusted_keys is empty"));
+    assert!(
+        bad(&format!(
+            "[update]\nchannel = \"stable\"\ntrusted_keys = [\"{key}\"]"
+        ))
+        .contains("is not a public key")
+    );
+    assert!(
+        bad(&format!(
+            "[update]\nchannel = \"a/b\"\ntrusted_keys = [\"{good}\"]"
+        ))
+        .contains("update.channel")
+    );
+}

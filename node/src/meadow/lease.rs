@@ -87,6 +87,16 @@ pub async fn acquire(meadow: &Meadow, name: &str, holder: &str, ttl: Duration) -
     }
 }
 
+/// Give lease `name` up if `holder` holds it (others may take it at once).
+pub async fn release(meadow: &Meadow, name: &str, holder: &str) -> Result<()> {
+    match meadow.get_json::<Lease>(&path(name)).await {
+        Ok(Some(l)) if l.value.holder == holder => meadow.delete(&path(name)).await,
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == ErrorKind::Unsupported => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +132,16 @@ mod tests {
             "a new holder, a new epoch"
         );
         assert!(!acquire(&meadow, "chore", "a", ttl).await.unwrap());
+        release(&meadow, "chore", "a").await.unwrap();
+        assert_eq!(
+            read(&meadow, "chore").await.unwrap().unwrap().holder,
+            "b",
+            "not a's to give up"
+        );
+        release(&meadow, "chore", "b").await.unwrap();
+        assert!(
+            acquire(&meadow, "chore", "a", ttl).await.unwrap(),
+            "given up: free at once"
+        );
     }
 }

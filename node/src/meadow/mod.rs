@@ -344,6 +344,26 @@ impl Meadow {
         }
     }
 
+    /// Stream object `rel` into the file `dest` (made anew, synced): for objects too big to
+    /// hold in memory. The bytes written; `None` when there is no such object.
+    pub async fn download(&self, rel: &str, dest: &std::path::Path) -> Result<Option<u64>> {
+        use tokio::io::AsyncWriteExt;
+        let got = match self.store.get(&self.path(rel)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::from(e).context(format!("meadow get {rel}"))),
+        };
+        let mut file = tokio::fs::File::create(dest).await?;
+        let mut stream = got.into_stream();
+        let mut size = 0;
+        while let Some(chunk) = stream.try_next().await? {
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        Ok(Some(size))
+    }
+
     /// Read a JSON document written by [`Meadow::put_json_if_absent`] and friends, checking
     /// its `format_version`.
     pub async fn get_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<Versioned<T>>> {

@@ -52,7 +52,7 @@ impl Heartbeat {
             format_version: format_version(),
             node_id: node_id.into(),
             name: name.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: crate::release::running_version().into(),
             interval_ms: 0,
             bees: 0,
             idle_bees: 0,

@@ -10,7 +10,7 @@ mod columns;
 mod host;
 mod scalar;
 
-use crate::layout::{Dir, Key};
+use crate::layout::{Dir, Key, sha256_hex};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +19,6 @@ use bytes::Bytes;
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::logical_expr::ScalarUDF;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::meadow::{Meadow, format_version};
@@ -80,13 +79,6 @@ fn manifest_path(name: &str) -> String {
 
 fn wasm_path(sha256: &str) -> String {
     Key::UdfModule(sha256.into()).to_string()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl Udfs {
