@@ -221,12 +221,15 @@ node_ready() { grep -a "Started" "$work/console.log" | grep -q "apiary.service.*
 until_ok 120 "systemd: apiary.service started (READY=1)" node_ready
 until_ok 120 "the guest's HTTP API" curl -sf "http://127.0.0.1:$http_port/healthz"
 
-for i in 1 2 3 4 5; do
-  mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t "boottest/sensor-$((i % 2))/climate" \
-    -m "{\"temp\": $((20 + i)).5, \"humidity\": $((40 + i))}"
-done
-landed() { [ "$(host sql --format csv 'SELECT count(*) AS n FROM lab.sensors.climate' | tail -1)" = 5 ]; }
-until_ok 300 "5 MQTT messages in frame lab.sensors.climate" landed
+publish_climate() { # publish_climate <i>...: reading i of a sensor (QoS 1, through the host's broker)
+  for i in "$@"; do
+    mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t "boottest/sensor-$((i % 2))/climate" \
+      -m "{\"temp\": $((20 + i)).5, \"humidity\": $((40 + i))}"
+  done
+}
+landed() { [ "$(host sql --format csv 'SELECT count(*) AS n FROM lab.sensors.climate' | tail -1)" = "$1" ]; }
+publish_climate 1 2 3 4 5
+until_ok 300 "5 MQTT messages in frame lab.sensors.climate" landed 5
 out=$(host sql --format csv "SELECT device, count(*) AS n, max(temp) AS t FROM lab.sensors.climate GROUP BY device ORDER BY device")
 [ "$out" = "$(printf 'device,n,t\nsensor-0,2,24.5\nsensor-1,3,25.5')" ] || fail "SQL from the host answered: $out"
 echo "MQTT -> frame -> SQL from the host: ok"
@@ -299,12 +302,8 @@ update_state() { "$host_bin" --remote "http://127.0.0.1:$http_port" --token "$to
   | python3 -c 'import json, sys; print((json.load(sys.stdin).get("update") or {}).get("state", ""))'; }
 says_rolled_back() { update_state | grep -qF "$broken was rolled back here"; }
 until_ok 120 "the node's status on the rolled-back release" says_rolled_back
-for i in 6 7 8 9 10; do
-  mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t "boottest/sensor-$((i % 2))/climate" \
-    -m "{\"temp\": $((20 + i)).5, \"humidity\": $((40 + i))}"
-done
-landed_ten() { [ "$(host sql --format csv 'SELECT count(*) AS n FROM lab.sensors.climate' | tail -1)" = 10 ]; }
-until_ok 300 "5 more MQTT messages after the rollback" landed_ten
+publish_climate 6 7 8 9 10
+until_ok 300 "5 more MQTT messages after the rollback" landed 10
 echo "broken release $broken rolled back to $next in $((SECONDS - start)) s; the node kept ingesting"
 shutdown
 # A clean power-off stops the node through systemd (SIGTERM), and a stopping node takes its

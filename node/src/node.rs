@@ -110,6 +110,7 @@ impl Node {
                 config: ap.config().update.clone(),
                 node_id: ap.node_id().to_string(),
                 state_dir: ap.config().node.state_dir.clone(),
+                helper_dir: crate::release::install::helper_dir(),
                 status: ap.update_status(),
             };
             let cancel = CancellationToken::new();

@@ -57,7 +57,7 @@ in_root getent passwd apiary | grep -q ':/var/lib/apiary:' || fail "no apiary us
 # The packaged binary reports the package's version (what heartbeats carry); it finds itself
 # through /proc.
 mount -t proc proc "$root/proc"
-trap 'umount "$root/proc" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'umount "$root/proc" 2>/dev/null || true; rm -rf "$work"' EXIT
 in_root apiary --storage memory:// --state-dir /tmp/s status | grep -qF "\"version\": \"$(cat "$root/usr/lib/apiary/version")\"" \
   || fail "apiary status does not report the package's version"
 umount "$root/proc"

@@ -76,6 +76,8 @@ pub struct Follower {
     pub config: UpdateConfig,
     pub node_id: String,
     pub state_dir: PathBuf,
+    /// The update helper's folder (`install::helper_dir`); none: nothing can install here.
+    pub helper_dir: Option<PathBuf>,
     pub status: Arc<Mutex<Option<UpdateStatus>>>,
 }
 
@@ -121,10 +123,10 @@ impl Follower {
     }
 
     /// One look: what it found, and whether an install is under way.
-    async fn check(&self, channel: &str) -> Result<(String, bool)> {
+    pub(super) async fn check(&self, channel: &str) -> Result<(String, bool)> {
         let dir = dir(&self.state_dir);
-        let helper = HelperState::read();
-        if install::pending() || dir.join("request.json").exists() {
+        let helper_dir = self.helper_dir.as_deref();
+        if helper_dir.is_some_and(install::pending) || dir.join("request.json").exists() {
             return Ok(("an install is under way".into(), true));
         }
         lease::release(&self.meadow, &Self::lease_name(channel), &self.node_id).await?;
@@ -137,10 +139,7 @@ impl Follower {
         if v == running {
             return Ok((format!("up to date ({v})"), false));
         }
-        if let Some(why) = helper.rolled_back.get(v) {
-            return Ok((format!("{v} was rolled back here: {why}"), false));
-        }
-        if !install::available() {
+        let Some(helper_dir) = helper_dir else {
             return Ok((
                 format!(
                     "{v} is published, but this node was not installed from the apiary package: \
@@ -148,6 +147,9 @@ impl Follower {
                 ),
                 false,
             ));
+        };
+        if let Some(why) = HelperState::read(helper_dir).rolled_back.get(v) {
+            return Ok((format!("{v} was rolled back here: {why}"), false));
         }
         let ttl = self.config.ready_timeout.0 * 2 + Duration::from_secs(600);
         if !lease::acquire(&self.meadow, &Self::lease_name(channel), &self.node_id, ttl).await? {

@@ -41,8 +41,8 @@ pub struct HelperState {
 }
 
 impl HelperState {
-    pub fn read() -> HelperState {
-        std::fs::read(Path::new(DIR).join("state.json"))
+    pub fn read(dir: &Path) -> HelperState {
+        std::fs::read(dir.join("state.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
@@ -67,12 +67,13 @@ struct Pending {
     to: String,
 }
 
-pub fn pending() -> bool {
-    Path::new(DIR).join("pending.json").exists()
+pub fn pending(dir: &Path) -> bool {
+    dir.join("pending.json").exists()
 }
 
-pub fn available() -> bool {
-    Path::new(HELPER).exists()
+/// The helper's folder when the package's helper is installed here (else nothing installs).
+pub fn helper_dir() -> Option<PathBuf> {
+    Path::new(HELPER).exists().then(|| PathBuf::from(DIR))
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -107,7 +108,7 @@ pub fn apply(config: &Config) -> Result<()> {
     };
     // The request is used once, whatever comes of it.
     std::fs::remove_file(&request_path)?;
-    let state = HelperState::read();
+    let state = HelperState::read(Path::new(DIR));
     let request: Request = serde_json::from_slice(&bytes)?;
     let release = match verify(request.signed.as_bytes(), &config.update.trusted_keys) {
         Ok(r) => r,
@@ -189,7 +190,7 @@ fn settle(p: &Pending, node_dir: &Path, timeout: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(2));
     };
-    let mut state = HelperState::read();
+    let mut state = HelperState::read(Path::new(DIR));
     let package = package_file;
     let what = if ready {
         // Keep the new package and the one before it; older ones go.

@@ -2,17 +2,21 @@ use super::*;
 
 /// A minimal package named `apiary` (dpkg-deb, as the publisher's machine has it).
 fn package(dir: &Path, version: &str) -> std::path::PathBuf {
+    package_for(dir, version, "arm64")
+}
+
+fn package_for(dir: &Path, version: &str, arch: &str) -> std::path::PathBuf {
     let root = dir.join(format!("pkg-{version}"));
     std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
     std::fs::write(
         root.join("DEBIAN/control"),
         format!(
-            "Package: apiary\nVersion: {version}\nArchitecture: arm64\nMaintainer: t <t@t>\n\
+            "Package: apiary\nVersion: {version}\nArchitecture: {arch}\nMaintainer: t <t@t>\n\
              Description: test\n"
         ),
     )
     .unwrap();
-    let deb = dir.join(format!("apiary_{version}_arm64.deb"));
+    let deb = dir.join(format!("apiary_{version}_{arch}.deb"));
     let out = std::process::Command::new("dpkg-deb")
         .args(["--root-owner-group", "--build"])
         .arg(&root)
@@ -131,4 +135,96 @@ fn versions_are_safe_file_name_parts() {
     for bad in ["", "../x", "1.0/2", "a1.0", "1.0 2", "1\n"] {
         assert!(!is_version(bad), "{bad:?}");
     }
+}
+
+#[tokio::test]
+async fn one_node_at_a_time_takes_a_release_and_none_retakes_one_rolled_back_on_it() {
+    use super::follow::{Follower, Request};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let meadow = Meadow::open("memory://", &Default::default())
+        .await
+        .unwrap();
+    let key = d.join("release.key");
+    let public = keygen(&key).unwrap();
+    let release = publish(&meadow, &package_for(d, "99.0.0", arch()), &key, "stable")
+        .await
+        .unwrap();
+    let config = crate::config::UpdateConfig {
+        channel: Some("stable".into()),
+        trusted_keys: vec![public],
+        ..Default::default()
+    };
+    let follower = |name: &str, packaged: bool| {
+        let helper_dir = d.join(format!("{name}-helper"));
+        std::fs::create_dir_all(&helper_dir).unwrap();
+        Follower {
+            meadow: meadow.clone(),
+            config: config.clone(),
+            node_id: name.into(),
+            state_dir: d.join(name),
+            helper_dir: packaged.then_some(helper_dir),
+            status: Default::default(),
+        }
+    };
+    let (a, b) = (follower("a", true), follower("b", true));
+    let look = async |f: &Follower| f.check("stable").await.unwrap();
+
+    let (state, busy) = look(&a).await;
+    assert!(state.starts_with("installing 99.0.0") && busy, "{state}");
+    // What the helper gets: the signed release as read, and the checked package beside it.
+    let asked = d.join("a/update");
+    let request: Request =
+        serde_json::from_slice(&std::fs::read(asked.join("request.json")).unwrap()).unwrap();
+    assert_eq!(
+        verify(request.signed.as_bytes(), &config.trusted_keys).unwrap(),
+        release
+    );
+    assert_eq!(
+        super::install::sha256_file(&asked.join(&request.package)).unwrap(),
+        release.sha256
+    );
+    let (state, busy) = look(&b).await;
+    assert!(
+        state.contains("another node is upgrading first") && !busy,
+        "{state}"
+    );
+    assert_eq!(look(&a).await, ("an install is under way".into(), true));
+
+    // The helper rolled it back on node a: a gives the lease up and leaves the release alone;
+    // b takes its turn.
+    std::fs::remove_file(asked.join("request.json")).unwrap();
+    std::fs::write(
+        d.join("a-helper/state.json"),
+        r#"{"rolled_back": {"99.0.0": "it was not ready within 300 s"}}"#,
+    )
+    .unwrap();
+    let (state, _) = look(&a).await;
+    assert_eq!(
+        state,
+        "99.0.0 was rolled back here: it was not ready within 300 s"
+    );
+    let (state, _) = look(&b).await;
+    assert!(state.starts_with("installing 99.0.0"), "{state}");
+
+    // A node not installed from the package only says what it would do.
+    let (state, busy) = look(&follower("c", false)).await;
+    assert!(
+        state.contains("not installed from the apiary package") && !busy,
+        "{state}"
+    );
+    // A release signed by a key the node does not trust is refused.
+    let untrusting = Follower {
+        config: crate::config::UpdateConfig {
+            trusted_keys: vec![keygen(&d.join("other.key")).unwrap()],
+            ..config.clone()
+        },
+        ..follower("e", true)
+    };
+    let e = untrusting.check("stable").await.unwrap_err();
+    assert!(
+        e.message
+            .contains("not signed by a key in update.trusted_keys"),
+        "{e}"
+    );
 }
