@@ -207,12 +207,19 @@ fn malformed_input_gives_clear_errors_and_commits_nothing() {
             "nocolumn",
         ),
         (
-            vec!["sql".into(), "UPDATE h.b.t SET id = 2".into()],
-            "UPDATE is not supported yet",
+            vec!["sql".into(), "UPDATE h.b.t SET nope = 2".into()],
+            "no column nope",
         ),
         (
-            vec!["sql".into(), "DELETE FROM h.b.t".into()],
-            "DELETE is not supported yet",
+            vec![
+                "sql".into(),
+                "DELETE FROM h.b.t WHERE id IN (SELECT 1)".into(),
+            ],
+            "subquery in DELETE or UPDATE is not supported",
+        ),
+        (
+            vec!["sql".into(), "MERGE INTO h.b.t USING u ON true".into()],
+            "MERGE is not supported yet",
         ),
         (
             vec!["sql".into(), "CREATE VIEW v AS SELECT 1".into()],

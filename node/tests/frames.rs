@@ -468,3 +468,146 @@ async fn star_joins_build_on_the_small_side() {
     let got: i64 = i64s(&r.batches, 1).into_iter().map(|v| v.unwrap()).sum();
     assert_eq!(got, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_update_local() {
+    delete_and_update(common::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_update_s3() {
+    if let Some(m) = common::s3() {
+        delete_and_update(m).await;
+    }
+}
+
+/// One string per row: the frame's rows as CSV lines, in order.
+async fn rows(apiary: &apiary::Apiary, query: &str) -> Vec<String> {
+    let r = sql(apiary, query).await;
+    let csv = apiary::output::encode(apiary::output::Format::Csv, &r.schema, &r.batches).unwrap();
+    String::from_utf8(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// DELETE and UPDATE through SQL: the matching rows change in one commit each, the count comes
+/// back, time travel still sees the rows before, and bad input changes nothing.
+async fn delete_and_update(meadow: TestMeadow) {
+    let apiary = meadow.open().await;
+    sql(
+        &apiary,
+        "CREATE HIVE h; CREATE BOX h.b; \
+         CREATE FRAME h.b.t (id BIGINT, v DOUBLE, s STRING, day STRING) PARTITIONED BY (day)",
+    )
+    .await;
+    sql(
+        &apiary,
+        "INSERT INTO h.b.t VALUES (1, 1.5, 'a', 'd1'), (2, 2.5, 'b', 'd1'), \
+         (3, 3.5, 'c', 'd2'), (4, 4.5, 'd', 'd2')",
+    )
+    .await;
+    let inserted = apiary.frames().info(&fr("h.b.t")).await.unwrap().version;
+    let label = meadow.label;
+    let count = |r: apiary::sql::QueryResult| i64s(&r.batches, 0);
+    assert_eq!(
+        count(sql(&apiary, "DELETE FROM h.b.t WHERE id % 2 = 0").await),
+        [Some(2)]
+    );
+    assert_eq!(
+        rows(&apiary, "SELECT id FROM h.b.t ORDER BY id").await,
+        ["1", "3"],
+        "{label}"
+    );
+    let updated = sql(
+        &apiary,
+        "UPDATE h.b.t SET v = v * 10, s = 'new' WHERE day = 'd2'",
+    )
+    .await;
+    assert_eq!(count(updated), [Some(1)]);
+    assert_eq!(
+        rows(&apiary, "SELECT id, v, s, day FROM h.b.t ORDER BY id").await,
+        ["1,1.5,a,d1", "3,35.0,new,d2"],
+        "{label}"
+    );
+    let before = format!("SELECT count(*) FROM h.b.t VERSION AS OF {inserted}");
+    assert_eq!(
+        rows(&apiary, &before).await,
+        ["4"],
+        "time travel sees the rows before"
+    );
+
+    // Bad input: a clear error, nothing changed.
+    for (bad, want) in [
+        ("DELETE FROM h.b.t WHERE nope = 1", "nope"),
+        ("UPDATE h.b.t SET nope = 1", "no column nope"),
+        (
+            "UPDATE h.b.t SET v = 1 WHERE no_such_fn(id) = 1",
+            "no_such_fn",
+        ),
+        ("DELETE FROM h.b.t WHERE id IN (SELECT 1)", "subquery"),
+        ("DELETE FROM h.b.missing", "missing"),
+    ] {
+        let e = apiary.sql(bad).await.unwrap_err();
+        assert!(e.to_string().contains(want), "{label}: {bad}: {e}");
+    }
+    assert_eq!(
+        rows(&apiary, "SELECT id, v, s FROM h.b.t ORDER BY id").await,
+        ["1,1.5,a", "3,35.0,new"]
+    );
+    assert_eq!(count(sql(&apiary, "DELETE FROM h.b.t").await).len(), 1);
+    assert_eq!(
+        rows(&apiary, "SELECT count(*) FROM h.b.t").await,
+        ["0"],
+        "{label}"
+    );
+}
+
+/// A DELETE racing appends: no appended row is lost, and the DELETE either commits (every row
+/// it matched is gone) or fails as a conflict (none is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_racing_appends_loses_no_row() {
+    let meadow = common::local();
+    let apiary = Arc::new(meadow.open().await);
+    sql(
+        &apiary,
+        "CREATE HIVE h; CREATE BOX h.b; CREATE FRAME h.b.r (id BIGINT, tag STRING)",
+    )
+    .await;
+    sql(
+        &apiary,
+        "INSERT INTO h.b.r SELECT value, 'old' FROM generate_series(1, 100)",
+    )
+    .await;
+    let appender = {
+        let apiary = apiary.clone();
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let from = 1000 + i * 10;
+                let insert = format!(
+                    "INSERT INTO h.b.r SELECT value, 'new' FROM generate_series({from}, {})",
+                    from + 9
+                );
+                sql(&apiary, &insert).await;
+            }
+        })
+    };
+    let deleted = apiary.sql("DELETE FROM h.b.r WHERE tag = 'old'").await;
+    appender.await.unwrap();
+    let new = rows(&apiary, "SELECT count(*) FROM h.b.r WHERE tag = 'new'").await;
+    assert_eq!(new, ["200"], "every appended row is there");
+    let old = rows(&apiary, "SELECT count(*) FROM h.b.r WHERE tag = 'old'").await;
+    match deleted {
+        Ok(_) => assert_eq!(
+            old,
+            ["0"],
+            "the DELETE committed: every row it matched is gone"
+        ),
+        Err(e) => {
+            assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+            assert_eq!(old, ["100"], "the DELETE failed: none is gone");
+        }
+    }
+}

@@ -172,8 +172,10 @@ def test_sql_and_query(ap):
     assert t.column("n").to_pylist() == [2]
     with pytest.raises(apiary.InvalidInput, match="SQL syntax error"):
         ap.sql("SELEC 1")
-    with pytest.raises(apiary.Unsupported, match="UPDATE is not supported"):
-        ap.sql("UPDATE warehouse.sales.orders SET amount = 0")
+    with pytest.raises(apiary.Unsupported, match="MERGE is not supported"):
+        ap.sql("MERGE INTO warehouse.sales.orders USING x ON true WHEN MATCHED THEN DELETE")
+    with pytest.raises(apiary.InvalidInput, match="no column nope"):
+        ap.sql("UPDATE warehouse.sales.orders SET nope = 0")
     with pytest.raises(apiary.NotFound):
         ap.query("SELECT * FROM warehouse.sales.nothing")
 

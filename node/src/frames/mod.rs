@@ -3,8 +3,11 @@
 //! Apiary decides the cell size (leafcutter sizing), the Parquet properties and how incoming
 //! data is cast to the frame's schema.
 
+mod dml;
 pub(crate) mod registry;
 pub(crate) mod types;
+
+pub use self::dml::{ChangeReport, change_session};
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -166,6 +169,15 @@ fn metadata_changed(e: &DeltaTableError) -> bool {
         e,
         DeltaTableError::Transaction {
             source: TransactionError::CommitConflict(CommitConflictError::MetadataChanged)
+        }
+    )
+}
+
+fn read_data_removed(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(CommitConflictError::ConcurrentDeleteRead)
         }
     )
 }
@@ -475,8 +487,15 @@ impl Frames {
                 Ok(table) => break table,
                 // Two processes creating the same frame at once: deltalake commits the loser's
                 // identical table definition as a later version, which conflicts with appends
-                // based on the first. Not a real conflict while the frame is still this one.
-                Err(e) if metadata_changed(&e) && attempts < 3 => {
+                // based on the first. And deltalake counts an append as reading the whole
+                // table, so a DELETE, UPDATE or compaction committed meanwhile fails it; an
+                // append reads nothing, so it goes on top of the new version. Neither is a
+                // real conflict while the frame is still this one.
+                Err(e)
+                    if (metadata_changed(&e)
+                        || (mode == SaveMode::Append && read_data_removed(&e)))
+                        && attempts < 10 =>
+                {
                     attempts += 1;
                     let again = self.open(name, None).await?;
                     if again.def.id != frame.def.id {

@@ -2,6 +2,7 @@
 //! catalog where hives are catalogs, boxes are schemas and frames are tables.
 
 mod catalog;
+mod dml;
 pub(crate) mod fragment;
 mod join_order;
 mod plan;
@@ -11,8 +12,6 @@ mod time_travel;
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt64Array};
-use arrow::datatypes::{Field, Schema};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -26,11 +25,10 @@ use self::catalog::{Bound, FRAME_AT, FrameAtFunction, HiveList};
 use self::plan::log_spill;
 use self::result::describe;
 pub use self::result::{Output, QueryResult};
-use self::statement::{Name, Statement};
+use self::statement::Statement;
 use crate::bees::{BeePool, Chamber};
 use crate::error::{Error, ErrorKind, Result};
-use crate::frames::WriteMode;
-use crate::frames::{FrameDef, Frames, WriteCtx};
+use crate::frames::{FrameDef, Frames};
 use crate::names::FrameRef;
 use crate::udf::Udfs;
 
@@ -402,6 +400,12 @@ impl Session {
                 self.insert(chamber, &name, columns, source, overwrite)
                     .await
             }
+            Statement::Delete { name, predicate } => self.delete(chamber, &name, predicate).await,
+            Statement::Update {
+                name,
+                assignments,
+                predicate,
+            } => self.update(chamber, &name, assignments, predicate).await,
         }
     }
 
@@ -469,58 +473,5 @@ impl Session {
             [h, b, f] => FrameRef::new(h, b, f),
             _ => Err(Error::invalid(format!("bad frame name {}", name.join(".")))),
         }
-    }
-
-    async fn insert(
-        &mut self,
-        chamber: &Chamber<'_>,
-        name: &Name,
-        columns: Vec<String>,
-        source: Box<ast::Query>,
-        overwrite: bool,
-    ) -> Result<QueryResult> {
-        let frame = self.resolve(name)?;
-        let def = self.frames.registry().frame(&frame).await?;
-        let rows = self.query(chamber, &ast::Statement::Query(source)).await?;
-        let targets: Vec<String> = if columns.is_empty() {
-            def.columns.iter().map(|c| c.name.clone()).collect()
-        } else {
-            columns
-        };
-        if rows.schema.fields().len() != targets.len() {
-            return Err(Error::invalid(format!(
-                "INSERT into {frame}: {} values per row for {} columns ({})",
-                rows.schema.fields().len(),
-                targets.len(),
-                targets.join(", ")
-            )));
-        }
-        let schema = Arc::new(Schema::new(
-            rows.schema
-                .fields()
-                .iter()
-                .zip(&targets)
-                .map(|(fl, n)| Field::new(n, fl.data_type().clone(), true))
-                .collect::<Vec<_>>(),
-        ));
-        let batches = rows
-            .batches
-            .into_iter()
-            .map(|batch| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let ctx = WriteCtx {
-            txn: None,
-            session: Some(crate::frames::write_session(chamber.runtime_env())),
-        };
-        let mode = if overwrite {
-            WriteMode::Overwrite
-        } else {
-            WriteMode::Append
-        };
-        let report = self.frames.write(&frame, batches, mode, ctx).await?;
-        QueryResult::single(vec![(
-            "count",
-            Arc::new(UInt64Array::from(vec![report.rows_written])),
-        )])
     }
 }

@@ -90,6 +90,22 @@ impl fmt::Display for Statement {
                 }
                 write!(f, " {source}")
             }
+            Statement::Delete { name, predicate } => {
+                write!(f, "DELETE FROM {}", Dotted(name))?;
+                predicate.iter().try_for_each(|p| write!(f, " WHERE {p}"))
+            }
+            Statement::Update {
+                name,
+                assignments,
+                predicate,
+            } => {
+                write!(f, "UPDATE {} SET ", Dotted(name))?;
+                for (i, (column, value)) in assignments.iter().enumerate() {
+                    let sep = if i > 0 { ", " } else { "" };
+                    write!(f, "{sep}{} = {value}", Quoted(column))?;
+                }
+                predicate.iter().try_for_each(|p| write!(f, " WHERE {p}"))
+            }
             Statement::CreateFunction {
                 name,
                 source,

@@ -1,12 +1,12 @@
 //! SQL parsed once into an AST: Apiary's own statements (USE, SHOW, DESCRIBE, CREATE/DROP
-//! of hives, boxes, frames and functions, INSERT; the refused DML) are extensions read from
+//! of hives, boxes, frames and functions, INSERT, DELETE, UPDATE) are extensions read from
 //! sqlparser's tokens, everything else is sqlparser's own AST for DataFusion to plan. A script
 //! is tokenised once and split at its top-level semicolons; every statement prints back as
 //! SQL (`Display`).
 
 use std::fmt;
 
-use datafusion::sql::sqlparser::ast::{self, TableObject};
+use datafusion::sql::sqlparser::ast;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
@@ -50,6 +50,17 @@ pub enum Statement {
         source: Box<ast::Query>,
         overwrite: bool,
     },
+    /// `DELETE FROM frame [WHERE predicate]`
+    Delete {
+        name: Name,
+        predicate: Option<ast::Expr>,
+    },
+    /// `UPDATE frame SET column = value, ... [WHERE predicate]`
+    Update {
+        name: Name,
+        assignments: Vec<(String, ast::Expr)>,
+        predicate: Option<ast::Expr>,
+    },
     /// `CREATE [OR REPLACE] FUNCTION name AS 'path' [LANGUAGE wasm]`
     CreateFunction {
         name: String,
@@ -84,6 +95,8 @@ impl Statement {
             Statement::Insert {
                 overwrite: true, ..
             } => "INSERT OVERWRITE",
+            Statement::Delete { .. } => "DELETE",
+            Statement::Update { .. } => "UPDATE",
             Statement::CreateFunction { .. } => "FUNCTION name AS",
             Statement::DropFunction { .. } => "DROP FUNCTION",
             Statement::Query(_) => return None,
@@ -354,11 +367,12 @@ fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
             )));
         }
     } else if c.keyword("INSERT") {
-        return parse_insert(c.sqlparser()?);
-    } else if ["UPDATE", "DELETE", "MERGE", "TRUNCATE", "ALTER"]
-        .iter()
-        .any(|k| c.keyword(k))
-    {
+        return dml::parse_insert(c.sqlparser()?);
+    } else if c.keyword("DELETE") {
+        return dml::parse_delete(c.sqlparser()?);
+    } else if c.keyword("UPDATE") {
+        return dml::parse_update(c.sqlparser()?);
+    } else if ["MERGE", "TRUNCATE", "ALTER"].iter().any(|k| c.keyword(k)) {
         return Err(Error::unsupported(format!(
             "{} is not supported yet: frames take appends (INSERT) and overwrites (INSERT OVERWRITE); statement: {}",
             c.first_words(1),
@@ -496,62 +510,8 @@ fn parse_create_function(mut c: Cursor, replace: bool) -> Result<Statement> {
     })
 }
 
-fn parse_insert(statement: ast::Statement) -> Result<Statement> {
-    let ast::Statement::Insert(insert) = statement else {
-        return Err(Error::invalid("expected one INSERT statement"));
-    };
-    let TableObject::TableName(table) = &insert.table else {
-        return Err(Error::unsupported(
-            "INSERT INTO a table function is not supported",
-        ));
-    };
-    let normalise = |i: &ast::Ident| {
-        if i.quote_style.is_some() {
-            i.value.clone()
-        } else {
-            i.value.to_ascii_lowercase()
-        }
-    };
-    let name: Name = table
-        .0
-        .iter()
-        .map(|p| {
-            p.as_ident()
-                .map(normalise)
-                .ok_or_else(|| Error::invalid("bad table name"))
-        })
-        .collect::<Result<_>>()?;
-    if name.len() > 3 {
-        return Err(Error::invalid("a frame name has at most three parts"));
-    }
-    let columns = insert
-        .columns
-        .iter()
-        .map(|c| match c.0.as_slice() {
-            [p] => p
-                .as_ident()
-                .map(normalise)
-                .ok_or_else(|| Error::invalid("bad column name")),
-            _ => Err(Error::invalid(format!("bad column name {c}"))),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let Some(source) = &insert.source else {
-        return Err(Error::invalid("INSERT needs VALUES or a SELECT"));
-    };
-    if insert.on.is_some() || insert.returning.is_some() {
-        return Err(Error::unsupported(
-            "INSERT ... ON CONFLICT / RETURNING is not supported",
-        ));
-    }
-    Ok(Statement::Insert {
-        name,
-        columns,
-        source: source.clone(),
-        overwrite: insert.overwrite,
-    })
-}
-
 mod dialect;
 mod display;
+mod dml;
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,8 @@ fn every_statement_is_documented() {
         "DROP TABLE h.b.f",
         "INSERT INTO h.b.f VALUES (1)",
         "INSERT OVERWRITE h.b.f SELECT 1",
+        "DELETE FROM h.b.f WHERE a > 1",
+        "UPDATE h.b.f SET a = 2 WHERE a = 1",
         "CREATE FUNCTION f AS '/x.wasm' LANGUAGE wasm",
         "CREATE OR REPLACE FUNCTION f AS '/x.wasm'",
         "DROP FUNCTION IF EXISTS f",
@@ -41,7 +43,7 @@ fn every_statement_is_documented() {
         assert!(doc.contains(&first), "docs/sql.md does not name {first}");
         seen.insert(syntax);
     }
-    assert_eq!(seen.len(), 14, "an example of every statement: {seen:?}");
+    assert_eq!(seen.len(), 16, "an example of every statement: {seen:?}");
     assert_eq!(parse("SELECT 1").unwrap().syntax(), None);
 }
 
@@ -186,8 +188,20 @@ fn malformed_statements_are_clear_errors() {
         ("CREATE TABLE t", "column list"),
         ("CREATE TABLE t (a int,", "column name"),
         ("CREATE TABLE t (a)", "has no type"),
-        ("UPDATE t SET a = 1", "UPDATE is not supported yet"),
-        ("DELETE FROM t", "DELETE is not supported yet"),
+        (
+            "MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN DELETE",
+            "MERGE is not supported yet",
+        ),
+        ("DELETE FROM t USING u WHERE t.a = u.a", "no USING"),
+        (
+            "DELETE FROM t WHERE a = 1 RETURNING a",
+            "no USING, RETURNING",
+        ),
+        ("DELETE FROM t, u", "one frame at a time"),
+        ("UPDATE t SET a = 1, a = 2", "sets column a twice"),
+        ("UPDATE t AS x SET a = 1", "takes a frame name"),
+        ("UPDATE t SET a = 1 FROM u", "no FROM"),
+        ("UPDATE t SET (a, b) = (1, 2)", "one column per assignment"),
         ("DESCRIBE a.b.c.d", "more than three parts"),
         ("SELECT 'unterminated", "syntax error"),
         ("DROP VIEW v", "not supported"),
@@ -226,6 +240,9 @@ fn every_statement_prints_as_sql_that_parses_back_to_it() {
         "DROP TABLE IF EXISTS b.f",
         "INSERT INTO h.b.t (a, B) VALUES (1, 'x'), (2, 'it''s')",
         "INSERT OVERWRITE TABLE t SELECT * FROM u WHERE k > 2",
+        "DELETE FROM t",
+        "DELETE FROM h.b.t WHERE k > 2 AND s LIKE 'a%'",
+        "UPDATE t SET v = v + 1, \"S\" = 'it''s' WHERE k IN (1, 2)",
         "CREATE OR REPLACE FUNCTION f AS '/tmp/it''s.wasm'",
         "DROP FUNCTION IF EXISTS f",
         "SELECT k, sum(v) FROM h.b.t VERSION AS OF 3 GROUP BY k ORDER BY k",
