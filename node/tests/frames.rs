@@ -557,6 +557,25 @@ async fn delete_and_update(meadow: TestMeadow) {
         rows(&apiary, "SELECT id, v, s FROM h.b.t ORDER BY id").await,
         ["1,1.5,a", "3,35.0,new"]
     );
+    // ADD COLUMN: rows written before read it as null; new rows carry it; UPDATE sets it.
+    sql(&apiary, "ALTER FRAME h.b.t ADD COLUMN note STRING").await;
+    sql(
+        &apiary,
+        "INSERT INTO h.b.t VALUES (5, 5.5, 'e', 'd1', 'added')",
+    )
+    .await;
+    sql(&apiary, "UPDATE h.b.t SET note = 'set' WHERE id = 1").await;
+    assert_eq!(
+        rows(&apiary, "SELECT id, note FROM h.b.t ORDER BY id").await,
+        ["1,set", "3,", "5,added"],
+        "{label}"
+    );
+    let e = apiary
+        .sql("ALTER TABLE h.b.t ADD COLUMN note BIGINT")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::AlreadyExists, "{e}");
+    sql(&apiary, "ALTER TABLE h.b.t ADD IF NOT EXISTS note BIGINT").await;
     assert_eq!(count(sql(&apiary, "DELETE FROM h.b.t").await).len(), 1);
     assert_eq!(
         rows(&apiary, "SELECT count(*) FROM h.b.t").await,

@@ -28,7 +28,7 @@ pub use self::result::{Output, QueryResult};
 use self::statement::Statement;
 use crate::bees::{BeePool, Chamber};
 use crate::error::{Error, ErrorKind, Result};
-use crate::frames::{FrameDef, Frames};
+use crate::frames::{Column, FrameDef, Frames};
 use crate::names::FrameRef;
 use crate::udf::Udfs;
 
@@ -399,6 +399,27 @@ impl Session {
             } => {
                 self.insert(chamber, &name, columns, source, overwrite)
                     .await
+            }
+            Statement::AddColumns {
+                name,
+                columns,
+                if_not_exists,
+            } => {
+                let frame = self.resolve(&name)?;
+                let def = self.frames.registry().frame(&frame).await?;
+                let present = |c: &&Column| def.columns.iter().any(|d| d.name == c.name);
+                if let Some(c) = columns.iter().find(present)
+                    && !if_not_exists
+                {
+                    return Err(Error::already_exists(format!(
+                        "frame {frame} has a column {} already",
+                        c.name
+                    )));
+                }
+                // Old cells read the new columns as null; the next write adds them to the
+                // Delta table's schema.
+                self.frames.registry().add_columns(&frame, &columns).await?;
+                Ok(QueryResult::empty())
             }
             Statement::Delete { name, predicate } => self.delete(chamber, &name, predicate).await,
             Statement::Update {

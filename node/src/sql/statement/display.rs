@@ -90,6 +90,24 @@ impl fmt::Display for Statement {
                 }
                 write!(f, " {source}")
             }
+            Statement::AddColumns {
+                name,
+                columns,
+                if_not_exists: e,
+            } => {
+                write!(f, "ALTER FRAME {}", Dotted(name))?;
+                for (i, c) in columns.iter().enumerate() {
+                    let sep = if i > 0 { "," } else { "" };
+                    write!(
+                        f,
+                        "{sep} ADD COLUMN {}{} {}",
+                        if_not_exists(*e),
+                        Quoted(&c.name),
+                        c.spelt
+                    )?;
+                }
+                Ok(())
+            }
             Statement::Delete { name, predicate } => {
                 write!(f, "DELETE FROM {}", Dotted(name))?;
                 predicate.iter().try_for_each(|p| write!(f, " WHERE {p}"))

@@ -50,6 +50,12 @@ pub enum Statement {
         source: Box<ast::Query>,
         overwrite: bool,
     },
+    /// `ALTER FRAME frame ADD COLUMN col type, ...`
+    AddColumns {
+        name: Name,
+        columns: Vec<Column>,
+        if_not_exists: bool,
+    },
     /// `DELETE FROM frame [WHERE predicate]`
     Delete {
         name: Name,
@@ -95,6 +101,7 @@ impl Statement {
             Statement::Insert {
                 overwrite: true, ..
             } => "INSERT OVERWRITE",
+            Statement::AddColumns { .. } => "ALTER FRAME",
             Statement::Delete { .. } => "DELETE",
             Statement::Update { .. } => "UPDATE",
             Statement::CreateFunction { .. } => "FUNCTION name AS",
@@ -274,6 +281,33 @@ impl Cursor {
         Ok(parts)
     }
 
+    /// `name type`: the type runs to the next top-level comma or closing parenthesis.
+    fn column(&mut self) -> Result<Column> {
+        let col = self.ident("a column name")?;
+        let mut type_words = Vec::new();
+        let mut depth = 0;
+        while let Some(t) = self.peek() {
+            match t {
+                Token::Comma | Token::RParen if depth == 0 => break,
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                _ => {}
+            }
+            type_words.push(t.to_string());
+            self.pos += 1;
+        }
+        let mut type_name = type_words.join(" ").replace(" ( ", "(").replace(" )", ")");
+        for suffix in [" NOT NULL", " NULL"] {
+            if type_name.to_ascii_uppercase().ends_with(suffix) {
+                type_name.truncate(type_name.len() - suffix.len());
+            }
+        }
+        if type_name.is_empty() {
+            return Err(Error::invalid(format!("column {col} has no type")));
+        }
+        Column::new(&col, &type_name)
+    }
+
     fn end(&self) -> Result<()> {
         if self.at_end() {
             Ok(())
@@ -372,7 +406,15 @@ fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
         return dml::parse_delete(c.sqlparser()?);
     } else if c.keyword("UPDATE") {
         return dml::parse_update(c.sqlparser()?);
-    } else if ["MERGE", "TRUNCATE", "ALTER"].iter().any(|k| c.keyword(k)) {
+    } else if c.keyword("ALTER") {
+        if c.keyword("TABLE") || c.keyword("FRAME") {
+            return parse_alter(c);
+        }
+        return Err(Error::unsupported(format!(
+            "{} is not supported: only ALTER FRAME (or TABLE) ... ADD COLUMN is",
+            c.first_words(2)
+        )));
+    } else if ["MERGE", "TRUNCATE"].iter().any(|k| c.keyword(k)) {
         return Err(Error::unsupported(format!(
             "{} is not supported yet: frames take appends (INSERT) and overwrites (INSERT OVERWRITE); statement: {}",
             c.first_words(1),
@@ -383,6 +425,37 @@ fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
     };
     c.end()?;
     Ok(stmt)
+}
+
+/// `ALTER FRAME|TABLE name ADD [COLUMN] [IF NOT EXISTS] col type [, ADD ...]`
+fn parse_alter(mut c: Cursor) -> Result<Statement> {
+    let name = c.name("a frame name")?;
+    let mut columns = Vec::new();
+    let mut if_not_exists = false;
+    loop {
+        if !c.keyword("ADD") {
+            let Some(found) = c.peek() else {
+                return Err(c.error("ADD COLUMN"));
+            };
+            return Err(Error::unsupported(format!(
+                "ALTER FRAME {}: {} is not supported, only ADD COLUMN is",
+                name.join("."),
+                found.to_string().to_ascii_uppercase()
+            )));
+        }
+        let _ = c.keyword("COLUMN");
+        if_not_exists |= c.keywords(&["IF", "NOT", "EXISTS"]);
+        columns.push(c.column()?);
+        if !c.token(&Token::Comma) {
+            break;
+        }
+    }
+    c.end()?;
+    Ok(Statement::AddColumns {
+        name,
+        columns,
+        if_not_exists,
+    })
 }
 
 fn parse_create(mut c: Cursor) -> Result<Statement> {
@@ -433,30 +506,7 @@ fn parse_create(mut c: Cursor) -> Result<Statement> {
     c.expect(&Token::LParen, "( and the column list")?;
     let mut columns = Vec::new();
     loop {
-        let col = c.ident("a column name")?;
-        // The type runs to the next top-level comma or the closing parenthesis.
-        let mut type_words = Vec::new();
-        let mut depth = 0;
-        while let Some(t) = c.peek() {
-            match t {
-                Token::Comma | Token::RParen if depth == 0 => break,
-                Token::LParen => depth += 1,
-                Token::RParen => depth -= 1,
-                _ => {}
-            }
-            type_words.push(t.to_string());
-            c.pos += 1;
-        }
-        let mut type_name = type_words.join(" ").replace(" ( ", "(").replace(" )", ")");
-        for suffix in [" NOT NULL", " NULL"] {
-            if type_name.to_ascii_uppercase().ends_with(suffix) {
-                type_name.truncate(type_name.len() - suffix.len());
-            }
-        }
-        if type_name.is_empty() {
-            return Err(Error::invalid(format!("column {col} has no type")));
-        }
-        columns.push(Column::new(&col, &type_name)?);
+        columns.push(c.column()?);
         if c.token(&Token::Comma) {
             continue;
         }

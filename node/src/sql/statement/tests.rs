@@ -27,6 +27,7 @@ fn every_statement_is_documented() {
         "INSERT OVERWRITE h.b.f SELECT 1",
         "DELETE FROM h.b.f WHERE a > 1",
         "UPDATE h.b.f SET a = 2 WHERE a = 1",
+        "ALTER TABLE h.b.f ADD COLUMN c DOUBLE",
         "CREATE FUNCTION f AS '/x.wasm' LANGUAGE wasm",
         "CREATE OR REPLACE FUNCTION f AS '/x.wasm'",
         "DROP FUNCTION IF EXISTS f",
@@ -43,7 +44,7 @@ fn every_statement_is_documented() {
         assert!(doc.contains(&first), "docs/sql.md does not name {first}");
         seen.insert(syntax);
     }
-    assert_eq!(seen.len(), 16, "an example of every statement: {seen:?}");
+    assert_eq!(seen.len(), 17, "an example of every statement: {seen:?}");
     assert_eq!(parse("SELECT 1").unwrap().syntax(), None);
 }
 
@@ -202,6 +203,14 @@ fn malformed_statements_are_clear_errors() {
         ("UPDATE t AS x SET a = 1", "takes a frame name"),
         ("UPDATE t SET a = 1 FROM u", "no FROM"),
         ("UPDATE t SET (a, b) = (1, 2)", "one column per assignment"),
+        (
+            "ALTER TABLE t DROP COLUMN a",
+            "DROP is not supported, only ADD COLUMN is",
+        ),
+        ("ALTER TABLE t", "expected ADD COLUMN"),
+        ("ALTER TABLE t ADD COLUMN c", "has no type"),
+        ("ALTER TABLE t ADD COLUMN c frobnicate", "frobnicate"),
+        ("ALTER VIEW v AS SELECT 1", "ALTER VIEW is not supported"),
         ("DESCRIBE a.b.c.d", "more than three parts"),
         ("SELECT 'unterminated", "syntax error"),
         ("DROP VIEW v", "not supported"),
@@ -241,6 +250,7 @@ fn every_statement_prints_as_sql_that_parses_back_to_it() {
         "INSERT INTO h.b.t (a, B) VALUES (1, 'x'), (2, 'it''s')",
         "INSERT OVERWRITE TABLE t SELECT * FROM u WHERE k > 2",
         "DELETE FROM t",
+        "ALTER FRAME h.b.t ADD COLUMN \"Note\" varchar(20), ADD COLUMN IF NOT EXISTS n BIGINT",
         "DELETE FROM h.b.t WHERE k > 2 AND s LIKE 'a%'",
         "UPDATE t SET v = v + 1, \"S\" = 'it''s' WHERE k IN (1, 2)",
         "CREATE OR REPLACE FUNCTION f AS '/tmp/it''s.wasm'",
