@@ -582,6 +582,31 @@ async fn delete_and_update(meadow: TestMeadow) {
         ["0"],
         "{label}"
     );
+
+    // DROP BOX and DROP HIVE: refused while they hold something, unless CASCADE.
+    let e = apiary.sql("DROP BOX h.b").await.unwrap_err();
+    assert!(
+        e.to_string().contains("box h.b is not empty (frames t)"),
+        "{e}"
+    );
+    let e = apiary.sql("DROP HIVE h").await.unwrap_err();
+    assert!(
+        e.to_string().contains("hive h is not empty (boxes b)"),
+        "{e}"
+    );
+    sql(
+        &apiary,
+        "CREATE BOX h.spare; DROP BOX h.spare; DROP BOX IF EXISTS h.spare",
+    )
+    .await;
+    assert_eq!(
+        apiary.sql("DROP BOX h.spare").await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    sql(&apiary, "DROP HIVE h CASCADE").await;
+    assert!(rows(&apiary, "SHOW HIVES").await.is_empty(), "{label}");
+    let e = apiary.sql("SELECT * FROM h.b.t").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 }
 
 /// A DELETE racing appends: no appended row is lost, and the DELETE either commits (every row

@@ -318,6 +318,38 @@ impl Registry {
         Err(Error::not_found(msg))
     }
 
+    /// Remove box `h.b`: only when it holds no frame, unless `cascade`, which drops its frames
+    /// first (their cells stay until vacuumed, as with DROP FRAME).
+    pub async fn drop_box(&self, h: &str, b: &str, cascade: bool) -> Result<()> {
+        let frames = self.list_frames(h, b).await?;
+        if !frames.is_empty() && !cascade {
+            return Err(Error::invalid(format!(
+                "box {h}.{b} is not empty (frames {}): drop them first, or DROP BOX {h}.{b} CASCADE",
+                frames.join(", ")
+            )));
+        }
+        for f in frames {
+            self.drop_frame(&FrameRef::new(h, b, &f)?).await?;
+        }
+        self.meadow.delete(&box_key(h, b)).await
+    }
+
+    /// Remove hive `h`: only when it holds no box, unless `cascade` (its boxes and their
+    /// frames first).
+    pub async fn drop_hive(&self, h: &str, cascade: bool) -> Result<()> {
+        let boxes = self.list_boxes(h).await?;
+        if !boxes.is_empty() && !cascade {
+            return Err(Error::invalid(format!(
+                "hive {h} is not empty (boxes {}): drop them first, or DROP HIVE {h} CASCADE",
+                boxes.join(", ")
+            )));
+        }
+        for b in boxes {
+            self.drop_box(h, &b, true).await?;
+        }
+        self.meadow.delete(&hive_key(h)).await
+    }
+
     pub async fn list_hives(&self) -> Result<Vec<String>> {
         Ok(strip_json(
             self.meadow.list_names(&Dir::Hives.to_string()).await?,

@@ -362,6 +362,27 @@ impl Session {
                 }
                 Ok(QueryResult::empty())
             }
+            Statement::DropHive {
+                name,
+                if_exists,
+                cascade,
+            } => match self.frames.registry().drop_hive(&name, cascade).await {
+                Err(e) if e.kind == ErrorKind::NotFound && if_exists => Ok(QueryResult::empty()),
+                other => other.map(|_| QueryResult::empty()),
+            },
+            Statement::DropBox {
+                name,
+                if_exists,
+                cascade,
+            } => {
+                let (h, b) = self.resolve_box(&name)?;
+                match self.frames.registry().drop_box(&h, &b, cascade).await {
+                    Err(e) if e.kind == ErrorKind::NotFound && if_exists => {
+                        Ok(QueryResult::empty())
+                    }
+                    other => other.map(|_| QueryResult::empty()),
+                }
+            }
             Statement::DropFrame { name, if_exists } => {
                 match self.frames.drop_frame(&self.resolve(&name)?).await {
                     Err(e) if e.kind == ErrorKind::NotFound && if_exists => {

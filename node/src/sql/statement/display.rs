@@ -72,6 +72,22 @@ impl fmt::Display for Statement {
             Statement::DropFrame { name, if_exists: e } => {
                 write!(f, "DROP FRAME {}{}", if_exists(*e), Dotted(name))
             }
+            Statement::DropHive {
+                name,
+                if_exists: e,
+                cascade,
+            } => {
+                let how = if *cascade { " CASCADE" } else { "" };
+                write!(f, "DROP HIVE {}{}{how}", if_exists(*e), Quoted(name))
+            }
+            Statement::DropBox {
+                name,
+                if_exists: e,
+                cascade,
+            } => {
+                let how = if *cascade { " CASCADE" } else { "" };
+                write!(f, "DROP BOX {}{}{how}", if_exists(*e), Dotted(name))
+            }
             Statement::Insert {
                 name,
                 columns,

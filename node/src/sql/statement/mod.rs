@@ -43,6 +43,16 @@ pub enum Statement {
         name: Name,
         if_exists: bool,
     },
+    DropHive {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    DropBox {
+        name: Name,
+        if_exists: bool,
+        cascade: bool,
+    },
     Insert {
         name: Name,
         columns: Vec<String>,
@@ -95,6 +105,8 @@ impl Statement {
             Statement::CreateBox { .. } => "CREATE BOX",
             Statement::CreateFrame { .. } => "CREATE FRAME",
             Statement::DropFrame { .. } => "DROP FRAME",
+            Statement::DropHive { .. } => "DROP HIVE",
+            Statement::DropBox { .. } => "DROP BOX",
             Statement::Insert {
                 overwrite: false, ..
             } => "INSERT INTO",
@@ -281,6 +293,15 @@ impl Cursor {
         Ok(parts)
     }
 
+    /// `CASCADE` (drop what it holds too) or `RESTRICT` (the default: only when empty).
+    fn cascade(&mut self) -> bool {
+        if self.keyword("CASCADE") {
+            return true;
+        }
+        let _ = self.keyword("RESTRICT");
+        false
+    }
+
     /// `name type`: the type runs to the next top-level comma or closing parenthesis.
     fn column(&mut self) -> Result<Column> {
         let col = self.ident("a column name")?;
@@ -394,9 +415,29 @@ fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
                 name: c.name("a frame name")?,
                 if_exists,
             }
+        } else if c.keyword("HIVE") || c.keyword("DATABASE") || c.keyword("CATALOG") {
+            let if_exists = c.keywords(&["IF", "EXISTS"]);
+            let name = one_part(c.name("a hive name")?, "hive")?;
+            Statement::DropHive {
+                name,
+                if_exists,
+                cascade: c.cascade(),
+            }
+        } else if c.keyword("BOX") || c.keyword("SCHEMA") {
+            let if_exists = c.keywords(&["IF", "EXISTS"]);
+            let name = c.name("a box name")?;
+            if name.len() > 2 {
+                return Err(Error::invalid("a box name is box or hive.box"));
+            }
+            Statement::DropBox {
+                name,
+                if_exists,
+                cascade: c.cascade(),
+            }
         } else {
             return Err(Error::unsupported(format!(
-                "{} is not supported: only DROP TABLE (or DROP FRAME) and DROP FUNCTION are",
+                "{} is not supported: only DROP HIVE, DROP BOX, DROP FRAME (or TABLE) and DROP \
+                 FUNCTION are",
                 c.first_words(2)
             )));
         }

@@ -23,6 +23,8 @@ fn every_statement_is_documented() {
         "CREATE TABLE h.b.f (a INT) PARTITIONED BY (a)",
         "DROP FRAME IF EXISTS h.b.f",
         "DROP TABLE h.b.f",
+        "DROP HIVE IF EXISTS h CASCADE",
+        "DROP BOX h.b",
         "INSERT INTO h.b.f VALUES (1)",
         "INSERT OVERWRITE h.b.f SELECT 1",
         "DELETE FROM h.b.f WHERE a > 1",
@@ -44,7 +46,7 @@ fn every_statement_is_documented() {
         assert!(doc.contains(&first), "docs/sql.md does not name {first}");
         seen.insert(syntax);
     }
-    assert_eq!(seen.len(), 17, "an example of every statement: {seen:?}");
+    assert_eq!(seen.len(), 19, "an example of every statement: {seen:?}");
     assert_eq!(parse("SELECT 1").unwrap().syntax(), None);
 }
 
@@ -214,6 +216,9 @@ fn malformed_statements_are_clear_errors() {
         ("DESCRIBE a.b.c.d", "more than three parts"),
         ("SELECT 'unterminated", "syntax error"),
         ("DROP VIEW v", "not supported"),
+        ("DROP HIVE h.b", "one part"),
+        ("DROP BOX a.b.c", "box or hive.box"),
+        ("DROP HIVE h CASCADE now", "end of statement"),
         ("CREATE FUNCTION f", "AS '<path"),
         ("CREATE FUNCTION f AS x", "quoted path"),
         (
@@ -247,6 +252,10 @@ fn every_statement_prints_as_sql_that_parses_back_to_it() {
         "CREATE TABLE IF NOT EXISTS h.b.t (id BIGINT NOT NULL, name varchar(20), \"Day\" date) \
          PARTITIONED BY (\"Day\")",
         "DROP TABLE IF EXISTS b.f",
+        "DROP HIVE h",
+        "DROP DATABASE IF EXISTS \"H\" CASCADE",
+        "DROP SCHEMA h.b RESTRICT",
+        "DROP BOX IF EXISTS b CASCADE",
         "INSERT INTO h.b.t (a, B) VALUES (1, 'x'), (2, 'it''s')",
         "INSERT OVERWRITE TABLE t SELECT * FROM u WHERE k > 2",
         "DELETE FROM t",
