@@ -30,7 +30,8 @@ host_bin="${APIARY_BIN:-$CARGO_TARGET_DIR/debug/apiary}"
 boot_timeout="${APIARY_BOOT_TIMEOUT:-900}"   # seconds; emulated, on a busy 2-core builder
 [ -f "$img" ] || { echo "no image at $img: run images/build.sh" >&2; exit 2; }
 [ -x "$host_bin" ] || cargo build -q -p apiary --bin apiary
-need_commands qemu-system-aarch64:qemu-system-arm dpkg-deb:dpkg
+need_commands qemu-system-aarch64:qemu-system-arm dpkg-deb:dpkg curl:curl mcopy:mtools sfdisk:fdisk \
+  ssh:openssh-client mosquitto_pub:mosquitto-clients
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/apiary-boot-test.XXXXXX")
 qemu_pid=
