@@ -366,31 +366,25 @@ impl Session {
                 name,
                 if_exists,
                 cascade,
-            } => match self.frames.registry().drop_hive(&name, cascade).await {
-                Err(e) if e.kind == ErrorKind::NotFound && if_exists => Ok(QueryResult::empty()),
-                other => other.map(|_| QueryResult::empty()),
-            },
+            } => dropped(
+                self.frames.registry().drop_hive(&name, cascade).await,
+                if_exists,
+            ),
             Statement::DropBox {
                 name,
                 if_exists,
                 cascade,
             } => {
                 let (h, b) = self.resolve_box(&name)?;
-                match self.frames.registry().drop_box(&h, &b, cascade).await {
-                    Err(e) if e.kind == ErrorKind::NotFound && if_exists => {
-                        Ok(QueryResult::empty())
-                    }
-                    other => other.map(|_| QueryResult::empty()),
-                }
+                dropped(
+                    self.frames.registry().drop_box(&h, &b, cascade).await,
+                    if_exists,
+                )
             }
-            Statement::DropFrame { name, if_exists } => {
-                match self.frames.drop_frame(&self.resolve(&name)?).await {
-                    Err(e) if e.kind == ErrorKind::NotFound && if_exists => {
-                        Ok(QueryResult::empty())
-                    }
-                    other => other.map(|_| QueryResult::empty()),
-                }
-            }
+            Statement::DropFrame { name, if_exists } => dropped(
+                self.frames.drop_frame(&self.resolve(&name)?).await,
+                if_exists,
+            ),
             Statement::CreateFunction {
                 name,
                 source,
@@ -408,10 +402,9 @@ impl Session {
                 self.udfs.add(&name, wasm.into(), replace).await?;
                 Ok(QueryResult::empty())
             }
-            Statement::DropFunction { name, if_exists } => match self.udfs.remove(&name).await {
-                Err(e) if e.kind == ErrorKind::NotFound && if_exists => Ok(QueryResult::empty()),
-                other => other.map(|_| QueryResult::empty()),
-            },
+            Statement::DropFunction { name, if_exists } => {
+                dropped(self.udfs.remove(&name).await, if_exists)
+            }
             Statement::Insert {
                 name,
                 columns,
@@ -515,5 +508,13 @@ impl Session {
             [h, b, f] => FrameRef::new(h, b, f),
             _ => Err(Error::invalid(format!("bad frame name {}", name.join(".")))),
         }
+    }
+}
+
+/// The result of a DROP: nothing to drop is fine with IF EXISTS.
+fn dropped(result: Result<()>, if_exists: bool) -> Result<QueryResult> {
+    match result {
+        Err(e) if e.kind == ErrorKind::NotFound && if_exists => Ok(QueryResult::empty()),
+        other => other.map(|_| QueryResult::empty()),
     }
 }
