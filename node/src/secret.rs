@@ -32,8 +32,14 @@ pub fn read_or_make(path: &Path, bytes: usize) -> Result<String> {
 }
 
 /// Write a small state file only the node's user reads (0600) so that a power cut leaves it
-/// whole or not there: a synced temporary file renamed into place, then the directory synced.
+/// whole or not there.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_durable(path, bytes, 0o600)
+}
+
+/// Write a small file with `mode` so that a power cut leaves it whole or not there: a synced
+/// temporary file renamed into place, then the directory synced.
+pub fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -41,7 +47,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -60,15 +60,12 @@ pub fn ready(state_dir: &Path) -> Result<()> {
         version: running_version().into(),
         pid: std::process::id(),
     };
-    write_atomic(&dir.join("running.json"), &serde_json::to_vec(&running)?)
+    write_shared(&dir.join("running.json"), &serde_json::to_vec(&running)?)
 }
 
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+/// The files the node and the update helper share: whole after a power cut, readable by both.
+pub(super) fn write_shared(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::secret::write_durable(path, bytes, 0o644)
 }
 
 pub struct Follower {
@@ -166,7 +163,7 @@ impl Follower {
             signed: String::from_utf8_lossy(&signed).into(),
             package,
         };
-        write_atomic(&dir.join("request.json"), &serde_json::to_vec(&request)?)?;
+        write_shared(&dir.join("request.json"), &serde_json::to_vec(&request)?)?;
         Ok((format!("installing {v} (was {running})"), true))
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::follow::{self, Request, Running, write_atomic};
+use super::follow::{self, Request, Running, write_shared};
 use super::{Release, arch, deb_name, verify};
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -53,7 +53,7 @@ impl HelperState {
         println!("{what}");
         self.last = what;
         self.at_ms = now_ms();
-        write_atomic(
+        write_shared(
             &Path::new(DIR).join("state.json"),
             &serde_json::to_vec_pretty(&self)?,
         )
@@ -166,7 +166,7 @@ fn start(release: &Release, package: &Path, state: &HelperState) -> Result<Optio
         from: current,
         to: release.version.clone(),
     };
-    write_atomic(
+    write_shared(
         &Path::new(DIR).join("pending.json"),
         &serde_json::to_vec(&pending)?,
     )?;
